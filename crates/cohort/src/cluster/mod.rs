@@ -1,0 +1,12 @@
+//! The cluster runtime: the master ([`Cluster`]), the worker loop ([`worker`]), how workers are described
+//! ([`WorkerSpec`]) and started ([`process`]), and the per-worker connections ([`conn`]).
+
+mod conn;
+mod master;
+pub mod process;
+pub mod spec;
+pub(crate) mod store;
+pub mod worker;
+
+pub use master::{Cluster, ClusterBuilder, DatasetHandle, Stats};
+pub use spec::WorkerSpec;

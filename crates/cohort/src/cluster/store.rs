@@ -1,0 +1,91 @@
+//! Chunks resident on a worker, by dataset. Loaded once, reused by every round until dropped.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::data::{Element, Shard, Values};
+use crate::wire::{ChunkMeta, DatasetId, ElemType};
+
+/// One resident chunk.
+#[derive(Debug)]
+pub(crate) struct ResidentChunk {
+    pub first_row: u64,
+    pub values: Values,
+    pub labels: Option<Values>,
+}
+
+/// The chunks of one dataset that a worker holds.
+#[derive(Debug)]
+pub(crate) struct ResidentDataset {
+    pub elem: ElemType,
+    pub cols: u32,
+    pub total_chunks: u32,
+    pub chunks: BTreeMap<u32, ResidentChunk>,
+}
+
+impl ResidentDataset {
+    /// The shard of `chunk`, typed; errors if the chunk is not here or holds another element type.
+    pub fn shard<T: Element>(&self, chunk: u32) -> Result<Shard<'_, T>, String> {
+        let c = self.chunks.get(&chunk).ok_or_else(|| format!("chunk {chunk} is not resident on this worker"))?;
+        let values = T::view(&c.values)
+            .ok_or_else(|| format!("job maps over {} data but the dataset holds {}", T::TYPE, self.elem))?;
+        let labels = match &c.labels {
+            Some(l) => Some(T::view(l).ok_or("label type differs from value type")?),
+            None => None,
+        };
+        Ok(Shard { values, cols: self.cols as usize, labels, first_row: c.first_row, chunk })
+    }
+}
+
+/// Everything resident on a worker.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    datasets: HashMap<DatasetId, ResidentDataset>,
+}
+
+impl Store {
+    /// Stores one chunk whose payload is `rows*cols` values then optionally `rows` labels, little-endian.
+    pub fn insert(&mut self, meta: &ChunkMeta, payload: &[u8]) -> Result<(), String> {
+        let size = meta.elem.size();
+        let n_values = meta.rows as usize * meta.cols as usize;
+        let n_labels = if meta.has_labels { meta.rows as usize } else { 0 };
+        if payload.len() != (n_values + n_labels) * size {
+            return Err(format!(
+                "chunk {} payload has {} bytes, expected {} ({} rows × {} cols{} of {})",
+                meta.chunk,
+                payload.len(),
+                (n_values + n_labels) * size,
+                meta.rows,
+                meta.cols,
+                if meta.has_labels { " + labels" } else { "" },
+                meta.elem
+            ));
+        }
+        let values = Values::from_le(meta.elem, &payload[..n_values * size]).map_err(|e| e.to_string())?;
+        let labels = if meta.has_labels {
+            Some(Values::from_le(meta.elem, &payload[n_values * size..]).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let ds = self.datasets.entry(meta.dataset).or_insert_with(|| ResidentDataset {
+            elem: meta.elem,
+            cols: meta.cols,
+            total_chunks: meta.total_chunks,
+            chunks: BTreeMap::new(),
+        });
+        if ds.elem != meta.elem || ds.cols != meta.cols || ds.total_chunks != meta.total_chunks {
+            return Err("chunk metadata disagrees with earlier chunks of the same dataset".into());
+        }
+        ds.chunks.insert(meta.chunk, ResidentChunk { first_row: meta.first_row, values, labels });
+        Ok(())
+    }
+
+    /// The dataset, if resident.
+    pub fn get(&self, id: &DatasetId) -> Option<&ResidentDataset> {
+        self.datasets.get(id)
+    }
+
+    /// Forgets a dataset.
+    pub fn remove(&mut self, id: &DatasetId) {
+        self.datasets.remove(id);
+    }
+}

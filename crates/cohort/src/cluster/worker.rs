@@ -1,0 +1,238 @@
+//! Worker mode: the loop a worker process runs, serving one master over its standard input and output.
+//!
+//! A worker is the user's own executable started with `COHORT_ROLE=worker` in its environment. The program calls
+//! [`run_if_worker`] first thing in `main`; in a worker process that call never returns. Before anything else the
+//! worker moves its protocol stream off file descriptor 1 and points fd 1 at stderr, so a stray `println!` in user
+//! code lands in the master's log instead of corrupting frames.
+//!
+//! The job secret comes from `COHORT_SECRET`, or, if that is unset (ssh launches, where environments do not
+//! travel), from a first line `COHORT-SECRET <hex>` on standard input.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::FromRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::store::Store;
+use crate::job::Registry;
+use crate::wire::frame::{read_frame, write_frame, MAX_FRAME};
+use crate::wire::handshake::{worker_handshake, HandshakeError, Secret, WorkerIdentity};
+use crate::wire::{Message, WireError};
+
+/// Environment variable that puts a process in worker mode (value `worker`).
+pub const ROLE_ENV: &str = "COHORT_ROLE";
+/// Environment variable carrying the per-job secret (hex).
+pub const SECRET_ENV: &str = "COHORT_SECRET";
+/// Prefix of the optional first stdin line carrying the secret.
+pub const SECRET_LINE_PREFIX: &str = "COHORT-SECRET ";
+
+/// Why a worker stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The connection failed.
+    #[error("connection to the master failed: {0}")]
+    Wire(#[from] WireError),
+    /// Setting up standard streams failed.
+    #[error("cannot set up worker i/o: {0}")]
+    Setup(String),
+}
+
+/// Whether this process was started as a cohort worker.
+pub fn is_worker() -> bool {
+    std::env::var(ROLE_ENV).is_ok_and(|v| v == "worker")
+}
+
+/// In a worker process: serve the master, then exit (status 0 after a clean shutdown, 1 on error). Anywhere else:
+/// return immediately. Call it first thing in `main`, with the registry of every job the program may run.
+pub fn run_if_worker(registry: &Registry) {
+    if is_worker() {
+        let code = match serve_stdio(registry) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("cohort worker (pid {}): {e}", std::process::id());
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+}
+
+/// Serves one master over stdin/stdout until it shuts us down or goes away.
+pub fn serve_stdio(registry: &Registry) -> Result<(), WorkerError> {
+    let protocol_out = redirect_stdout_to_stderr()?;
+    let mut input = BufReader::with_capacity(256 * 1024, std::io::stdin());
+    let secret = match std::env::var(SECRET_ENV) {
+        Ok(hex) => Secret::from_hex(&hex)?,
+        Err(_) => read_secret_line(&mut input)?,
+    };
+    serve(registry, input, protocol_out, &secret, true)
+}
+
+fn read_secret_line(input: &mut impl BufRead) -> Result<Secret, WorkerError> {
+    let mut line = String::new();
+    input.read_line(&mut line).map_err(WireError::Io)?;
+    let hex = line.strip_prefix(SECRET_LINE_PREFIX).ok_or_else(|| {
+        WorkerError::Setup(format!(
+            "no job secret: {SECRET_ENV} is unset and stdin did not start with `{SECRET_LINE_PREFIX}`"
+        ))
+    })?;
+    Ok(Secret::from_hex(hex)?)
+}
+
+/// Duplicates fd 1 for the protocol and points fd 1 at stderr.
+fn redirect_stdout_to_stderr() -> Result<File, WorkerError> {
+    std::io::stdout().flush().ok();
+    // SAFETY: dup/dup2 on the process's own standard descriptors; the duplicate is owned by the returned File.
+    unsafe {
+        let fd = libc::dup(1);
+        if fd < 0 {
+            return Err(WorkerError::Setup(format!("dup(1): {}", std::io::Error::last_os_error())));
+        }
+        if libc::dup2(2, 1) < 0 {
+            return Err(WorkerError::Setup(format!("dup2(2, 1): {}", std::io::Error::last_os_error())));
+        }
+        Ok(File::from_raw_fd(fd))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Serves one master over any reader/writer pair. `exit_on_disconnect` makes the heartbeat thread end the process
+/// when the master is gone even while a long computation runs (what a worker process wants; not a test thread).
+pub fn serve<R: Read, W: Write + Send + 'static>(
+    registry: &Registry,
+    mut input: R,
+    output: W,
+    secret: &Secret,
+    exit_on_disconnect: bool,
+) -> Result<(), WorkerError> {
+    let identity = WorkerIdentity {
+        binary_sha256: crate::wire::own_binary_sha256().map_err(|e| WorkerError::Setup(e.to_string()))?,
+        jobs: registry.names(),
+        pid: std::process::id(),
+        host: hostname(),
+    };
+    let mut output = output;
+    let welcome = worker_handshake(&mut input, &mut output, secret, identity)?;
+    let output = Arc::new(Mutex::new(output));
+    let stop = Arc::new(AtomicBool::new(false));
+    let heartbeat = spawn_heartbeat(
+        Arc::clone(&output),
+        Arc::clone(&stop),
+        Duration::from_millis(welcome.heartbeat_ms.max(1) as u64),
+        exit_on_disconnect,
+    );
+    let result = serve_loop(registry, &mut input, &output);
+    stop.store(true, Ordering::Relaxed);
+    heartbeat.thread().unpark();
+    let _ = heartbeat.join();
+    result
+}
+
+fn spawn_heartbeat<W: Write + Send + 'static>(
+    output: Arc<Mutex<W>>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+    exit_on_disconnect: bool,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut next = Instant::now() + every;
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now < next {
+                std::thread::park_timeout(next - now);
+                continue;
+            }
+            next = now + every;
+            let Ok(mut w) = output.lock() else { return };
+            if write_frame(&mut *w, &Message::Heartbeat, &[]).is_err() {
+                if exit_on_disconnect {
+                    // The master is gone; nobody will read what we are computing.
+                    std::process::exit(0);
+                }
+                return;
+            }
+        }
+    })
+}
+
+fn send<W: Write>(output: &Mutex<W>, msg: &Message, payload: &[u8]) -> Result<(), WireError> {
+    let mut w = output.lock().map_err(|_| WireError::Malformed("output lock poisoned".into()))?;
+    write_frame(&mut *w, msg, payload).map(|_| ())
+}
+
+fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mutex<W>) -> Result<(), WorkerError> {
+    let mut store = Store::default();
+    loop {
+        let Some(frame) = read_frame(input, MAX_FRAME)? else {
+            return Ok(()); // the master closed the connection
+        };
+        match frame.message {
+            Message::LoadChunk(meta) => {
+                if let Err(error) = store.insert(&meta, &frame.payload) {
+                    send(output, &Message::Failed { round: 0, error }, &[])?;
+                }
+            }
+            Message::LoadDone { dataset } => {
+                let chunks = store.get(&dataset).map_or(0, |d| d.chunks.len() as u32);
+                send(output, &Message::Loaded { dataset, chunks }, &[])?;
+            }
+            Message::DropDataset { dataset } => store.remove(&dataset),
+            Message::Map { round, job, dataset, first_chunk, end_chunk } => {
+                let started = Instant::now();
+                let outcome = match (registry.get(&job), store.get(&dataset)) {
+                    (None, _) => Err(format!("job `{job}` is not registered in this worker")),
+                    (_, None) => Err(format!("dataset {} is not resident on this worker", hex::encode(&dataset[..8]))),
+                    (Some(job_impl), Some(data)) => {
+                        if job_impl.elem() != data.elem {
+                            Err(format!(
+                                "job `{job}` maps over {} data but the dataset holds {}",
+                                job_impl.elem(),
+                                data.elem
+                            ))
+                        } else {
+                            catch_unwind(AssertUnwindSafe(|| {
+                                job_impl.run(&frame.payload, data, first_chunk..end_chunk)
+                            }))
+                            .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))))
+                        }
+                    }
+                };
+                match outcome {
+                    Ok(parts) => {
+                        let nodes = parts.iter().map(|(n, b)| (*n, b.len() as u32)).collect();
+                        let payload: Vec<u8> = parts.into_iter().flat_map(|(_, b)| b).collect();
+                        let compute_us = started.elapsed().as_micros() as u64;
+                        send(output, &Message::MapDone { round, nodes, compute_us }, &payload)?;
+                    }
+                    Err(error) => send(output, &Message::Failed { round, error }, &[])?,
+                }
+            }
+            Message::Shutdown => return Ok(()),
+            other => {
+                let error = format!("unexpected {} message from the master", other.kind());
+                send(output, &Message::Failed { round: 0, error }, &[])?;
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
