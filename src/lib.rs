@@ -1,1 +1,14 @@
-//! x
+//! The `cohort` command: `demo`, `train`, `bench` and the hidden `worker` mode.
+//!
+//! The binary is a thin shell over this library so integration tests can drive the same jobs from a test master
+//! while the workers run the real `cohort` executable.
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod commands;
+pub mod jobs;
+pub mod progress;
+pub mod report;
+
+pub use jobs::registry;

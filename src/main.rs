@@ -1,1 +1,26 @@
-fn main() {}
+//! The `cohort` executable. In a worker process (started by a cohort master) it serves the master and exits;
+//! otherwise it parses the command line.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let registry = cohort_cli::registry();
+    cohort::worker::run_if_worker(&registry);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = cohort_cli::cli::Cli::parse();
+    match cohort_cli::commands::run(cli, &registry) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -46,7 +46,7 @@ pub mod tree;
 pub mod wire;
 
 pub use cluster::{worker, Cluster, ClusterBuilder, DatasetHandle, Stats, WorkerSpec};
-pub use data::{Dataset, Element, Shard};
+pub use data::{DataError, Dataset, Element, Shard};
 pub use error::{Error, Result};
 pub use job::{MapReduce, Registry};
 pub use wire::{Payload, Serde};

@@ -493,7 +493,8 @@ impl Cluster {
     }
 
     /// Waits for the next frame other than a heartbeat, failing on a closed connection, a silent worker, or the
-    /// deadline.
+    /// deadline. The stall check runs on a fixed schedule, so a steady stream of other workers' heartbeats cannot
+    /// hide a silent one.
     fn next_event(
         &mut self,
         deadline: Option<Instant>,
@@ -501,16 +502,20 @@ impl Cluster {
     ) -> Result<(usize, Message, Vec<u8>)> {
         let check_every = (self.heartbeat_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let started = Instant::now();
+        let mut next_check = started + check_every;
         loop {
             let now = Instant::now();
-            let wait = match deadline {
-                Some(d) if d <= now => {
-                    return Err(Error::Timeout { what: what(), after: d.saturating_duration_since(started) })
+            if now >= next_check {
+                self.check_stalls(now)?;
+                next_check = now + check_every;
+            }
+            if let Some(d) = deadline {
+                if d <= now {
+                    return Err(Error::Timeout { what: what(), after: d.saturating_duration_since(started) });
                 }
-                Some(d) => check_every.min(d - now),
-                None => check_every,
-            };
-            match self.events.recv_timeout(wait) {
+            }
+            let wake = deadline.map_or(next_check, |d| d.min(next_check));
+            match self.events.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Event { worker, kind: EventKind::Frame(frame) }) => match frame.message {
                     Message::Heartbeat => continue,
                     msg => return Ok((worker, msg, frame.payload)),
@@ -520,27 +525,26 @@ impl Cluster {
                     self.broken = Some(e.to_string());
                     return Err(e);
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    let now = Instant::now();
-                    for w in &self.workers {
-                        if w.hello.is_none() {
-                            continue; // still in the handshake: the handshake deadline covers it
-                        }
-                        let silent = now.saturating_duration_since(w.conn.last_seen());
-                        if silent > self.heartbeat_timeout {
-                            let e = Error::WorkerStalled {
-                                worker: w.label.clone(),
-                                silent,
-                                timeout: self.heartbeat_timeout,
-                            };
-                            self.broken = Some(e.to_string());
-                            return Err(e);
-                        }
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the cluster holds a sender"),
             }
         }
+    }
+
+    /// Fails if any handshaken worker has been silent for longer than the heartbeat timeout.
+    fn check_stalls(&mut self, now: Instant) -> Result<()> {
+        for w in &self.workers {
+            if w.hello.is_none() {
+                continue; // still in the handshake: the handshake deadline covers it
+            }
+            let silent = now.saturating_duration_since(w.conn.last_seen());
+            if silent > self.heartbeat_timeout {
+                let e = Error::WorkerStalled { worker: w.label.clone(), silent, timeout: self.heartbeat_timeout };
+                self.broken = Some(e.to_string());
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Builds the error for a worker whose connection ended: exit status and stderr tail.

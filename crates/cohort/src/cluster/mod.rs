@@ -1,5 +1,5 @@
 //! The cluster runtime: the master ([`Cluster`]), the worker loop ([`worker`]), how workers are described
-//! ([`WorkerSpec`]) and started ([`process`]), and the per-worker connections ([`conn`]).
+//! ([`WorkerSpec`]) and started ([`process`]), and the per-worker connections (`conn`).
 
 mod conn;
 mod master;

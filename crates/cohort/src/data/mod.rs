@@ -6,6 +6,7 @@
 //! combined in a fixed tree over chunk indices (`crate::tree`), so the result of a job does not depend on the number
 //! of workers. A chunk is the unit that moves between workers.
 
+pub mod loaders;
 pub mod slicing;
 
 use std::ops::Range;
@@ -163,7 +164,7 @@ impl<T: Element> Dataset<T> {
     /// [`default_chunk_count`]`(rows)`.
     pub fn new(values: Vec<T>, cols: usize) -> Result<Self, DataError> {
         if cols == 0 || values.is_empty() {
-            return Err(DataError::Empty { rows: if cols == 0 { 0 } else { values.len() / cols }, cols });
+            return Err(DataError::Empty { rows: values.len().checked_div(cols).unwrap_or(0), cols });
         }
         if values.len() % cols != 0 {
             return Err(DataError::Shape { len: values.len(), cols });

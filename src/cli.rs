@@ -1,0 +1,113 @@
+//! Command-line definitions (clap). Parsing only; the work happens in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run machine-learning jobs in parallel across worker processes and machines.
+#[derive(Debug, Parser)]
+#[command(name = "cohort", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train the showcase model on local worker processes (offline; the command a newcomer runs first).
+    Demo(DemoArgs),
+    /// Train a model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Run a benchmark and print a table.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Serve a master over stdin/stdout (started by cohort itself).
+    #[command(hide = true)]
+    Worker,
+}
+
+/// Arguments of `cohort demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Workers, e.g. `local:4` (default: one local process per core).
+    #[arg(long)]
+    pub workers: Option<String>,
+    /// Write a JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// Models `cohort train` knows.
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Least-squares linear regression by full-batch gradient descent on a generated data set.
+    Linear(LinearArgs),
+}
+
+/// Flags every training command takes.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// Workers: comma-separated groups such as `local:4` (default: one local process per core).
+    #[arg(long)]
+    pub workers: Option<String>,
+    /// Optimizer iterations.
+    #[arg(long, default_value_t = 100)]
+    pub iterations: usize,
+    /// Seed for data generation and initialisation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Write a JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Cut the data into this many chunks (default depends only on the row count). The trained model is
+    /// bit-identical for any worker count at a fixed chunk count.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Seconds a worker may stay silent before it is declared stalled.
+    #[arg(long, default_value_t = 20.0)]
+    pub heartbeat_timeout: f64,
+}
+
+/// Arguments of `cohort train linear`.
+#[derive(Debug, Args)]
+pub struct LinearArgs {
+    /// Rows of the generated data set.
+    #[arg(long, default_value_t = 100_000)]
+    pub rows: usize,
+    /// Features per row.
+    #[arg(long, default_value_t = 32)]
+    pub features: usize,
+    /// Gradient-descent step size.
+    #[arg(long, default_value_t = 0.5)]
+    pub lr: f64,
+    /// Flags shared by every training command.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Round-trip time and bytes of an empty map-reduce round, per worker count.
+    Overhead(OverheadArgs),
+}
+
+/// Arguments of `cohort bench overhead`.
+#[derive(Debug, Args)]
+pub struct OverheadArgs {
+    /// Worker counts to measure (each runs `local:N`), or one worker spec.
+    #[arg(long, default_value = "1,2,4,8,16,32,64")]
+    pub workers: String,
+    /// Timed rounds per worker count.
+    #[arg(long, default_value_t = 2000)]
+    pub rounds: usize,
+    /// Bytes of parameters sent with each round.
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+    /// Also write the table as CSV here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+}

@@ -1,0 +1,136 @@
+//! `cohort bench ...`: benchmarks that print tables. Nothing here asserts on time; the figures are for people.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cohort::job::Noop;
+use cohort::{Cluster, Dataset, WorkerSpec};
+
+use crate::cli::{BenchCommand, OverheadArgs};
+
+/// Dispatches `cohort bench`.
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Overhead(args) => overhead(args),
+    }
+}
+
+/// One row of the overhead table.
+#[derive(Debug, Clone)]
+pub struct OverheadRow {
+    /// The worker spec measured.
+    pub spec: String,
+    /// Worker processes.
+    pub workers: usize,
+    /// Seconds to start the workers and finish every handshake.
+    pub startup: Duration,
+    /// Median round trip.
+    pub median: Duration,
+    /// 90th percentile round trip.
+    pub p90: Duration,
+    /// 99th percentile round trip.
+    pub p99: Duration,
+    /// Bytes sent plus received per round.
+    pub bytes_per_round: f64,
+}
+
+/// Measures empty map-reduce rounds for each worker count.
+pub fn overhead(args: OverheadArgs) -> Result<()> {
+    let groups: Vec<String> = if args.workers.split(',').all(|s| s.trim().parse::<usize>().is_ok()) {
+        args.workers.split(',').map(|n| format!("local:{}", n.trim())).collect()
+    } else {
+        vec![args.workers.clone()]
+    };
+    let rounds = args.rounds.max(1);
+    println!("empty map-reduce round: {rounds} timed rounds per row, {} B of parameters", args.payload_bytes);
+    println!(
+        "{:<22} {:>7} {:>11} {:>11} {:>11} {:>11} {:>12}  target",
+        "workers", "procs", "startup", "median", "p90", "p99", "bytes/round"
+    );
+    let mut rows = Vec::new();
+    for spec in groups {
+        let row = measure(&spec, rounds, args.payload_bytes)?;
+        let target = match row.workers {
+            2 => "≤ 50 µs",
+            64 => "≤ 5 ms",
+            _ => "",
+        };
+        println!(
+            "{:<22} {:>7} {:>11} {:>11} {:>11} {:>11} {:>12.0}  {target}",
+            row.spec,
+            row.workers,
+            fmt_dur(row.startup),
+            fmt_dur(row.median),
+            fmt_dur(row.p90),
+            fmt_dur(row.p99),
+            row.bytes_per_round
+        );
+        std::io::stdout().flush().ok();
+        rows.push(row);
+    }
+    if let Some(path) = &args.csv {
+        let mut out = String::from("spec,workers,startup_s,median_s,p90_s,p99_s,bytes_per_round\n");
+        for r in &rows {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{}\n",
+                r.spec,
+                r.workers,
+                r.startup.as_secs_f64(),
+                r.median.as_secs_f64(),
+                r.p90.as_secs_f64(),
+                r.p99.as_secs_f64(),
+                r.bytes_per_round
+            ));
+        }
+        std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn measure(spec: &str, rounds: usize, payload_bytes: usize) -> Result<OverheadRow> {
+    let t = Instant::now();
+    let mut cluster = Cluster::builder().workers(WorkerSpec::parse_list(spec)?).start()?;
+    let startup = t.elapsed();
+    let workers = cluster.num_workers();
+    // One chunk per worker, so every worker takes part in every round.
+    let data = Dataset::new(vec![0.0f64; workers], 1)?.with_chunks(workers)?;
+    let handle = cluster.load(&data)?;
+    let params = vec![0u8; payload_bytes];
+    for _ in 0..rounds.div_ceil(10).min(200) {
+        cluster.run(&Noop, &params, &handle)?;
+    }
+    let before = cluster.stats();
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        cluster.run(&Noop, &params, &handle)?;
+        times.push(t.elapsed());
+    }
+    let after = cluster.stats();
+    cluster.shutdown();
+    times.sort();
+    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    let bytes = (after.bytes_sent + after.bytes_received - before.bytes_sent - before.bytes_received) as f64;
+    Ok(OverheadRow {
+        spec: spec.to_string(),
+        workers,
+        startup,
+        median: pct(0.5),
+        p90: pct(0.9),
+        p99: pct(0.99),
+        bytes_per_round: bytes / rounds as f64,
+    })
+}
+
+/// `37.2 µs`, `4.10 ms`, `1.20 s`.
+pub fn fmt_dur(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 1e-3 {
+        format!("{:.1} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}

@@ -1,0 +1,12 @@
+//! The jobs compiled into the `cohort` binary. Every process of the binary — master or worker — builds the same
+//! [`registry`], so a worker can run any of them by name.
+
+pub mod diag;
+pub mod linear;
+
+use cohort::Registry;
+
+/// Every job the `cohort` binary can run.
+pub fn registry() -> Registry {
+    Registry::new().map_reduce(linear::LinearGradient).map_reduce(diag::Sum).map_reduce(diag::Fault)
+}
