@@ -29,12 +29,40 @@ pub enum Command {
     Worker,
 }
 
+/// How workers are reached and watched: flags shared by every command that starts workers.
+#[derive(Debug, Args, Clone)]
+pub struct LaunchArgs {
+    /// Hostfile, one host per line in the MPI style: `host slots=4`, `user@host:2222 slots=2`, `#` comments.
+    /// Its hosts are added to those of --workers.
+    #[arg(long, value_name = "PATH")]
+    pub hostfile: Option<PathBuf>,
+    /// Passed to ssh as `-o KEY=VALUE` (repeatable), e.g. `--ssh-option IdentityFile=~/.ssh/cluster`.
+    #[arg(long = "ssh-option", value_name = "KEY=VALUE")]
+    pub ssh_options: Vec<String>,
+    /// Binary to copy to ssh hosts instead of this one (a build for the remote platform).
+    #[arg(long, value_name = "PATH")]
+    pub worker_binary: Option<PathBuf>,
+    /// How ssh workers exchange frames: `stdio` (over the ssh channel) or `tcp` (direct connection).
+    #[arg(long, default_value = "stdio")]
+    pub data_channel: String,
+    /// Seconds to wait for an ssh host or a TCP data channel to answer.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Seconds a worker may stay silent before it is declared stalled.
+    #[arg(long, default_value_t = 20.0)]
+    pub heartbeat_timeout: f64,
+}
+
 /// Arguments of `cohort demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Workers, e.g. `local:4` (default: one local process per core).
+    /// Workers: comma-separated groups such as `local:4` or `ssh://user@host?slots=2` (default: one local
+    /// process per core).
     #[arg(long)]
     pub workers: Option<String>,
+    /// How workers are reached.
+    #[command(flatten)]
+    pub launch: LaunchArgs,
     /// Write a JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -50,9 +78,13 @@ pub enum TrainCommand {
 /// Flags every training command takes.
 #[derive(Debug, Args, Clone)]
 pub struct CommonArgs {
-    /// Workers: comma-separated groups such as `local:4` (default: one local process per core).
+    /// Workers: comma-separated groups such as `local:4` or `ssh://user@host:2222?slots=8` (default: one local
+    /// process per core).
     #[arg(long)]
     pub workers: Option<String>,
+    /// How workers are reached.
+    #[command(flatten)]
+    pub launch: LaunchArgs,
     /// Optimizer iterations.
     #[arg(long, default_value_t = 100)]
     pub iterations: usize,
@@ -66,9 +98,6 @@ pub struct CommonArgs {
     /// bit-identical for any worker count at a fixed chunk count.
     #[arg(long)]
     pub chunks: Option<usize>,
-    /// Seconds a worker may stay silent before it is declared stalled.
-    #[arg(long, default_value_t = 20.0)]
-    pub heartbeat_timeout: f64,
 }
 
 /// Arguments of `cohort train linear`.
@@ -98,9 +127,12 @@ pub enum BenchCommand {
 /// Arguments of `cohort bench overhead`.
 #[derive(Debug, Args)]
 pub struct OverheadArgs {
-    /// Worker counts to measure (each runs `local:N`), or one worker spec.
+    /// Worker counts to measure (each runs `local:N`), or one worker spec such as `ssh://host?slots=4`.
     #[arg(long, default_value = "1,2,4,8,16,32,64")]
     pub workers: String,
+    /// How workers are reached.
+    #[command(flatten)]
+    pub launch: LaunchArgs,
     /// Timed rounds per worker count.
     #[arg(long, default_value_t = 2000)]
     pub rounds: usize,

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cohort::job::Noop;
-use cohort::{Cluster, Dataset, WorkerSpec};
+use cohort::{Dataset, WorkerSpec};
 
-use crate::cli::{BenchCommand, OverheadArgs};
+use crate::cli::{BenchCommand, LaunchArgs, OverheadArgs};
 
 /// Dispatches `cohort bench`.
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -50,7 +50,7 @@ pub fn overhead(args: OverheadArgs) -> Result<()> {
     );
     let mut rows = Vec::new();
     for spec in groups {
-        let row = measure(&spec, rounds, args.payload_bytes)?;
+        let row = measure(&spec, &args.launch, rounds, args.payload_bytes)?;
         let target = match row.workers {
             2 => "≤ 50 µs",
             64 => "≤ 5 ms",
@@ -88,9 +88,9 @@ pub fn overhead(args: OverheadArgs) -> Result<()> {
     Ok(())
 }
 
-fn measure(spec: &str, rounds: usize, payload_bytes: usize) -> Result<OverheadRow> {
+fn measure(spec: &str, launch: &LaunchArgs, rounds: usize, payload_bytes: usize) -> Result<OverheadRow> {
     let t = Instant::now();
-    let mut cluster = Cluster::builder().workers(WorkerSpec::parse_list(spec)?).start()?;
+    let mut cluster = super::builder(WorkerSpec::parse_list(spec)?, launch)?.start()?;
     let startup = t.elapsed();
     let workers = cluster.num_workers();
     // One chunk per worker, so every worker takes part in every round.

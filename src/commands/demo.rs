@@ -13,11 +13,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         lr: 0.5,
         common: CommonArgs {
             workers: args.workers,
+            launch: args.launch,
             iterations: 60,
             seed: 42,
             report: args.report,
             chunks: None,
-            heartbeat_timeout: 20.0,
         },
     };
     super::train::linear(linear)?;

@@ -7,9 +7,9 @@ pub mod train;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cohort::{Cluster, Registry, WorkerSpec};
+use cohort::{Cluster, ClusterBuilder, DataChannel, Registry, WorkerSpec};
 
-use crate::cli::{Cli, Command, TrainCommand};
+use crate::cli::{Cli, Command, LaunchArgs, TrainCommand};
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
@@ -27,17 +27,60 @@ pub fn default_workers() -> String {
     format!("local:{cores}")
 }
 
-/// Parses `--workers` (or the default) and starts the cluster.
-pub fn start_cluster(workers: Option<&str>, heartbeat_timeout: f64) -> Result<(Cluster, String)> {
-    let spec = workers.map_or_else(default_workers, str::to_string);
-    let specs = WorkerSpec::parse_list(&spec)?;
-    if !(heartbeat_timeout.is_finite() && heartbeat_timeout > 0.0) {
-        anyhow::bail!("--heartbeat-timeout must be a positive number of seconds, got {heartbeat_timeout}");
+/// The worker specs from `--workers` and `--hostfile` (default: one local process per core).
+pub fn worker_specs(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Vec<WorkerSpec>, String)> {
+    let mut specs = Vec::new();
+    let mut shown = Vec::new();
+    if let Some(w) = workers {
+        specs.extend(WorkerSpec::parse_list(w)?);
+        shown.push(w.to_string());
     }
-    let cluster = Cluster::builder()
+    if let Some(path) = &launch.hostfile {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read hostfile {}", path.display()))?;
+        specs.extend(WorkerSpec::parse_hostfile(&text, &path.display().to_string())?);
+        shown.push(format!("hostfile {}", path.display()));
+    }
+    if specs.is_empty() {
+        let d = default_workers();
+        specs = WorkerSpec::parse_list(&d)?;
+        shown.push(d);
+    }
+    Ok((specs, shown.join(" + ")))
+}
+
+/// A cluster builder configured from the launch flags.
+pub fn builder(specs: Vec<WorkerSpec>, launch: &LaunchArgs) -> Result<ClusterBuilder> {
+    let positive = |name: &str, v: f64| -> Result<Duration> {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            anyhow::bail!("--{name} must be a positive number of seconds, got {v}")
+        }
+    };
+    let mut b = Cluster::builder()
         .workers(specs)
-        .heartbeat_timeout(Duration::from_secs_f64(heartbeat_timeout))
-        .start()
-        .with_context(|| format!("starting workers {spec}"))?;
-    Ok((cluster, spec))
+        .heartbeat_timeout(positive("heartbeat-timeout", launch.heartbeat_timeout)?)
+        .connect_timeout(positive("connect-timeout", launch.connect_timeout)?)
+        .data_channel(launch.data_channel.parse::<DataChannel>().map_err(anyhow::Error::msg)?);
+    for opt in &launch.ssh_options {
+        let (k, v) = opt
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .with_context(|| format!("--ssh-option {opt:?} must look like KEY=VALUE, e.g. IdentityFile=~/.ssh/id"))?;
+        b = b.ssh_option(k, v);
+    }
+    if let Some(bin) = &launch.worker_binary {
+        if !bin.is_file() {
+            anyhow::bail!("--worker-binary {} is not a file", bin.display());
+        }
+        b = b.remote_binary(bin);
+    }
+    Ok(b)
+}
+
+/// Parses `--workers`/`--hostfile` (or the default) and starts the cluster.
+pub fn start_cluster(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Cluster, String)> {
+    let (specs, shown) = worker_specs(workers, launch)?;
+    let cluster = builder(specs, launch)?.start().with_context(|| format!("starting workers {shown}"))?;
+    Ok((cluster, shown))
 }

@@ -25,7 +25,7 @@ pub fn linear(args: LinearArgs) -> Result<TrainReport> {
     }
 
     let started = Instant::now();
-    let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), c.heartbeat_timeout)?;
+    let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), &c.launch)?;
     let startup = started.elapsed();
     let handle = cluster.load(&data)?;
     let load = started.elapsed() - startup;

@@ -45,7 +45,7 @@ pub mod rng;
 pub mod tree;
 pub mod wire;
 
-pub use cluster::{worker, Cluster, ClusterBuilder, DatasetHandle, Stats, WorkerSpec};
+pub use cluster::{worker, Cluster, ClusterBuilder, DataChannel, DatasetHandle, SshTarget, Stats, WorkerSpec};
 pub use data::{DataError, Dataset, Element, Shard};
 pub use error::{Error, Result};
 pub use job::{MapReduce, Registry};

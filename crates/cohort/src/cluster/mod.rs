@@ -5,8 +5,9 @@ mod conn;
 mod master;
 pub mod process;
 pub mod spec;
+pub mod ssh;
 pub(crate) mod store;
 pub mod worker;
 
-pub use master::{Cluster, ClusterBuilder, DatasetHandle, Stats};
-pub use spec::WorkerSpec;
+pub use master::{Cluster, ClusterBuilder, DataChannel, DatasetHandle, Stats};
+pub use spec::{SshTarget, WorkerSpec};

@@ -1,4 +1,5 @@
-//! Parsing `--workers` specs: a comma-separated list of worker groups such as `local:4`.
+//! Parsing `--workers` specs — a comma-separated list of worker groups such as `local:4` or
+//! `ssh://alice@node7:2222?slots=8` — and MPI/Horovod-style hostfiles.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +17,81 @@ pub enum WorkerSpec {
         /// Number of processes.
         count: usize,
     },
+    /// `ssh://[user@]host[:port][?slots=N]`: N processes on a remote host reached with the system's OpenSSH.
+    Ssh {
+        /// Where to connect.
+        target: SshTarget,
+        /// Number of worker processes on that host.
+        slots: usize,
+    },
+}
+
+/// A host reached over ssh: passed to `ssh` as is, so aliases from `~/.ssh/config` work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SshTarget {
+    /// Remote user (`ssh -l`); `None` lets ssh decide (config, then the local user name).
+    pub user: Option<String>,
+    /// Host name, alias or address.
+    pub host: String,
+    /// Port (`ssh -p`); `None` lets ssh decide.
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for SshTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(u) = &self.user {
+            write!(f, "{u}@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]", self.host)?;
+        } else {
+            f.write_str(&self.host)?;
+        }
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl SshTarget {
+    /// Parses `[user@]host[:port]` (IPv6 addresses in brackets: `[::1]:22`).
+    pub fn parse(text: &str) -> Result<SshTarget, String> {
+        let (user, rest) = match text.rsplit_once('@') {
+            Some((u, r)) if !u.is_empty() => (Some(u.to_string()), r),
+            Some(_) => return Err("empty user name before '@'".into()),
+            None => (None, text),
+        };
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let (h, after) = inner.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None if after.is_empty() => (h, None),
+                None => return Err(format!("unexpected {after:?} after the address")),
+            }
+        } else {
+            match rest.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("missing host name".into());
+        }
+        if host.starts_with('-') || host.chars().any(|c| c.is_whitespace() || c == '/' || c == '\'') {
+            return Err(format!("{host:?} is not a valid host name"));
+        }
+        let port = match port {
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| format!("{p:?} is not a port number (1-65535)"))?,
+            ),
+            None => None,
+        };
+        Ok(SshTarget { user, host: host.to_string(), port })
+    }
 }
 
 impl WorkerSpec {
@@ -37,7 +113,58 @@ impl WorkerSpec {
         if t == "local" {
             return Err(bad("say how many local workers, e.g. local:4".into()));
         }
-        Err(bad("unknown kind of worker; expected local:N".into()))
+        if let Some(rest) = t.strip_prefix("ssh://") {
+            let (addr, query) = match rest.split_once('?') {
+                Some((a, q)) => (a, Some(q)),
+                None => (rest, None),
+            };
+            let target = SshTarget::parse(addr.trim_end_matches('/')).map_err(bad)?;
+            let mut slots = 1;
+            for pair in query.into_iter().flat_map(|q| q.split('&')) {
+                match pair.split_once('=') {
+                    Some(("slots", n)) => slots = parse_slots(n).map_err(bad)?,
+                    _ => return Err(bad(format!("unknown option {pair:?}; the only option is slots=N"))),
+                }
+            }
+            return Ok(WorkerSpec::Ssh { target, slots });
+        }
+        Err(bad("unknown kind of worker; expected local:N or ssh://[user@]host[:port][?slots=N]".into()))
+    }
+
+    /// Parses a hostfile: one host per line in the MPI/Horovod style — `host`, `host slots=4`,
+    /// `user@host:2222 slots=2` (also `host:4` as Horovod writes it) — with `#` comments and blank lines.
+    pub fn parse_hostfile(text: &str, origin: &str) -> Result<Vec<WorkerSpec>, Error> {
+        let mut specs = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |reason: String| Error::Spec { spec: format!("{origin}:{}: {line}", i + 1), reason };
+            let mut words = line.split_whitespace();
+            let host = words.next().expect("line is not empty");
+            let mut slots = None;
+            for w in words {
+                match w.split_once('=') {
+                    Some(("slots" | "max_slots", n)) => slots = Some(parse_slots(n).map_err(bad)?),
+                    _ => return Err(bad(format!("unknown field {w:?}; expected `host slots=N`"))),
+                }
+            }
+            let target = match SshTarget::parse(host) {
+                // Horovod's `host:4` means four slots, not port 4, when no slots= field is given.
+                Ok(t) if slots.is_none() && t.port.is_some_and(|p| p < 1024) && !host.contains('@') => {
+                    slots = t.port.map(|p| p as usize);
+                    SshTarget { port: None, ..t }
+                }
+                Ok(t) => t,
+                Err(e) => return Err(bad(e)),
+            };
+            specs.push(WorkerSpec::Ssh { target, slots: slots.unwrap_or(1) });
+        }
+        if specs.is_empty() {
+            return Err(Error::Spec { spec: origin.to_string(), reason: "the hostfile lists no hosts".into() });
+        }
+        Ok(specs)
     }
 
     /// Parses a comma-separated list, e.g. `local:2,local:1`.
@@ -50,8 +177,16 @@ impl WorkerSpec {
     pub fn slots(&self) -> usize {
         match self {
             WorkerSpec::Local { count } => *count,
+            WorkerSpec::Ssh { slots, .. } => *slots,
         }
     }
+}
+
+fn parse_slots(n: &str) -> Result<usize, String> {
+    n.parse::<usize>()
+        .ok()
+        .filter(|&n| (1..=MAX_WORKERS_PER_SPEC).contains(&n))
+        .ok_or_else(|| format!("slots={n} must be a number between 1 and {MAX_WORKERS_PER_SPEC}"))
 }
 
 impl FromStr for WorkerSpec {
@@ -65,6 +200,7 @@ impl fmt::Display for WorkerSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WorkerSpec::Local { count } => write!(f, "local:{count}"),
+            WorkerSpec::Ssh { target, slots } => write!(f, "ssh://{target}?slots={slots}"),
         }
     }
 }
@@ -79,6 +215,34 @@ mod tests {
         let l = WorkerSpec::parse_list("local:1, local:2").unwrap();
         assert_eq!(l.iter().map(WorkerSpec::slots).sum::<usize>(), 3);
         assert_eq!(l[1].to_string(), "local:2");
+        let l = WorkerSpec::parse_list("local:1,ssh://bob@10.0.0.5:2222?slots=3,ssh://node7,ssh://[::1]:22").unwrap();
+        assert_eq!(
+            l[1],
+            WorkerSpec::Ssh {
+                target: SshTarget { user: Some("bob".into()), host: "10.0.0.5".into(), port: Some(2222) },
+                slots: 3
+            }
+        );
+        assert_eq!(
+            l[2],
+            WorkerSpec::Ssh { target: SshTarget { user: None, host: "node7".into(), port: None }, slots: 1 }
+        );
+        assert_eq!(l[3].to_string(), "ssh://[::1]:22?slots=1");
+        assert_eq!(l.iter().map(WorkerSpec::slots).sum::<usize>(), 6);
+    }
+
+    #[test]
+    fn hostfiles_parse_in_the_mpi_style() {
+        let text = "# cluster\nnode1 slots=4\n\nalice@node2:2222 slots=2  # fast one\nnode3\nnode4:8\n";
+        let specs = WorkerSpec::parse_hostfile(text, "hosts").unwrap();
+        let shown: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["ssh://node1?slots=4", "ssh://alice@node2:2222?slots=2", "ssh://node3?slots=1", "ssh://node4?slots=8"]
+        );
+        let e = WorkerSpec::parse_hostfile("node1 slots=4\nnode2 cpus=3\n", "hosts").unwrap_err().to_string();
+        assert!(e.contains("hosts:2") && e.contains("cpus=3"), "{e}");
+        assert!(WorkerSpec::parse_hostfile("# nothing\n", "h").unwrap_err().to_string().contains("no hosts"));
     }
 
     #[test]
@@ -90,6 +254,14 @@ mod tests {
             ("", "empty"),
             ("local:2,", "empty"),
             ("mars:3", "unknown kind"),
+            ("ssh://", "missing host"),
+            ("ssh://h:0", "not a port"),
+            ("ssh://h:99999", "not a port"),
+            ("ssh://h?slots=0", "between 1 and"),
+            ("ssh://h?cores=2", "unknown option"),
+            ("ssh://@h", "empty user"),
+            ("ssh://-oProxyCommand=x", "not a valid host"),
+            ("ssh://[::1", "unclosed"),
             ("local:99999", "between 1 and"),
         ] {
             let e = WorkerSpec::parse_list(spec).unwrap_err().to_string();

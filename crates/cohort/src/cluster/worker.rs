@@ -28,6 +28,12 @@ pub const ROLE_ENV: &str = "COHORT_ROLE";
 pub const SECRET_ENV: &str = "COHORT_SECRET";
 /// Prefix of the optional first stdin line carrying the secret.
 pub const SECRET_LINE_PREFIX: &str = "COHORT-SECRET ";
+/// Environment variable asking the worker to serve over TCP on this address (e.g. `0.0.0.0:0`) instead of stdio.
+pub const LISTEN_ENV: &str = "COHORT_LISTEN";
+/// Prefix of the line `COHORT-LISTEN <ip> <port>` a TCP worker writes on its stdout.
+pub const LISTEN_LINE_PREFIX: &str = "COHORT-LISTEN ";
+/// How long a TCP worker waits for the master to connect and pass the handshake.
+pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a worker stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +77,55 @@ pub fn serve_stdio(registry: &Registry) -> Result<(), WorkerError> {
         Ok(hex) => Secret::from_hex(&hex)?,
         Err(_) => read_secret_line(&mut input)?,
     };
-    serve(registry, input, protocol_out, &secret, true)
+    match std::env::var(LISTEN_ENV) {
+        Ok(addr) => serve_tcp(registry, &addr, input, protocol_out, &secret),
+        Err(_) => serve(registry, input, protocol_out, &secret, true),
+    }
+}
+
+/// Listens on `addr`, announces the port on the control channel, and serves the first connection that passes the
+/// handshake. The control channel's end (stdin EOF) still ends the worker: the master is gone.
+fn serve_tcp(
+    registry: &Registry,
+    addr: &str,
+    mut control_in: impl Read + Send + 'static,
+    mut control_out: File,
+    secret: &Secret,
+) -> Result<(), WorkerError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|e| WorkerError::Setup(format!("cannot listen on {addr}: {e}")))?;
+    let port = listener.local_addr().map_err(|e| WorkerError::Setup(e.to_string()))?.port();
+    // The address the master reached us at over ssh is the one it can connect to.
+    let ip = std::env::var("SSH_CONNECTION")
+        .ok()
+        .and_then(|c| c.split_whitespace().nth(2).map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    writeln!(control_out, "{LISTEN_LINE_PREFIX}{ip} {port}")
+        .and_then(|_| control_out.flush())
+        .map_err(WireError::Io)?;
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 256];
+        while matches!(control_in.read(&mut sink), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+    listener.set_nonblocking(true).map_err(|e| WorkerError::Setup(e.to_string()))?;
+    let deadline = Instant::now() + ACCEPT_TIMEOUT;
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                stream.set_nonblocking(false).map_err(WireError::Io)?;
+                stream.set_nodelay(true).ok();
+                let reader = stream.try_clone().map_err(WireError::Io)?;
+                match serve(registry, BufReader::with_capacity(256 * 1024, reader), stream, secret, true) {
+                    Err(WorkerError::Handshake(e)) => eprintln!("cohort worker: refused a connection from {peer}: {e}"),
+                    other => return other,
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(WorkerError::Wire(WireError::Io(e))),
+        }
+    }
+    Err(WorkerError::Setup(format!("no master connected to port {port} within {ACCEPT_TIMEOUT:?}")))
 }
 
 fn read_secret_line(input: &mut impl BufRead) -> Result<Secret, WorkerError> {
