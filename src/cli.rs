@@ -122,6 +122,22 @@ pub struct LinearArgs {
 pub enum BenchCommand {
     /// Round-trip time and bytes of an empty map-reduce round, per worker count.
     Overhead(OverheadArgs),
+    /// Time to start ssh workers with the binary copied (cold) and cached (warm).
+    Bootstrap(BootstrapArgs),
+}
+
+/// Arguments of `cohort bench bootstrap`.
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// Remote workers, e.g. `ssh://user@host?slots=2` (with --hostfile, or instead of it).
+    #[arg(long)]
+    pub workers: Option<String>,
+    /// How workers are reached.
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+    /// Measurements of each kind.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
 }
 
 /// Arguments of `cohort bench overhead`.

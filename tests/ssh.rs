@@ -245,3 +245,33 @@ fn two_hosts_in_network_namespaces_and_a_cut_link() {
     eprintln!("cut link reported after {took:?}: {}", err.lines().last().unwrap_or(""));
     assert!(eventually(Duration::from_secs(10), || sa.worker_pids().is_empty()), "host a kept workers");
 }
+
+#[test]
+fn a_link_cut_after_start_is_detected_by_the_heartbeat_detector() {
+    require_sshd!();
+    let Ok(ns) = Netns::create(43) else {
+        eprintln!("skipping: cannot create a network namespace");
+        return;
+    };
+    let sshd = Sshd::start_with(Some(&ns.name), &ns.host_ip, 22, None);
+    let mut builder = cohort::Cluster::builder()
+        .workers(cohort::WorkerSpec::parse_list(&format!("local:1,{}", sshd.spec(1))).unwrap())
+        .worker_program(cohort_bin())
+        .heartbeat_interval(Duration::from_millis(100))
+        .heartbeat_timeout(Duration::from_secs(2));
+    for (k, v) in sshd.options() {
+        builder = builder.ssh_option(k, v);
+    }
+    let mut cluster = builder.start().unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
+    let data = cohort::Dataset::from_rows(&[[1.0], [2.0], [3.0], [4.0]]).unwrap().with_chunks(4).unwrap();
+    let h = cluster.load(&data).unwrap();
+    assert_eq!(cluster.run(&cohort_cli::jobs::diag::Sum, &(), &h).unwrap(), 10.0);
+    ns.link(false);
+    let err = cluster.run(&cohort_cli::jobs::diag::Sum, &(), &h).unwrap_err();
+    assert!(matches!(&err, cohort::Error::WorkerStalled { worker, .. } if worker.contains(&ns.host_ip)), "{err}");
+    // Shutting down with a dead link is bounded too.
+    let t = std::time::Instant::now();
+    drop(cluster);
+    eprintln!("shutdown with a cut link took {:?}", t.elapsed());
+    ns.link(true);
+}

@@ -154,6 +154,26 @@ impl ClusterBuilder {
         self
     }
 
+    /// Removes the cached worker binary of this build from every ssh host in the specs, so the next start copies
+    /// it again (what `cohort bench bootstrap` measures as a cold start). Returns how many copies were removed.
+    pub fn clear_remote_cache(&self) -> Result<usize> {
+        let binary = match &self.remote_binary.clone().or_else(|| self.program.clone()) {
+            Some(p) => crate::wire::file_sha256(p),
+            None => crate::wire::own_binary_sha256(),
+        }
+        .map_err(|e| Error::Launch { worker: "workers".into(), reason: e.to_string() })?;
+        let sha = hex::encode(binary);
+        let mut removed = 0;
+        for spec in &self.specs {
+            if let WorkerSpec::Ssh { target, .. } = spec {
+                let launch = |reason| Error::Launch { worker: format!("ssh host {target}"), reason };
+                let host = SshHost::connect(target, &self.ssh).map_err(launch)?;
+                removed += usize::from(host.remove_cached(&sha).map_err(launch)?);
+            }
+        }
+        Ok(removed)
+    }
+
     /// Starts every worker, completes every handshake, and returns the running cluster. If any worker fails to
     /// start, every worker already started (local or remote) is stopped before the error is returned.
     pub fn start(self) -> Result<Cluster> {
@@ -612,6 +632,93 @@ impl Cluster {
             }
         }
         self.datasets.insert(id, Placement { elem: T::TYPE, chunks, ranges });
+        Ok(handle)
+    }
+
+    /// Has every worker load its chunks of a dataset stored in files it can read at the same path (a shared
+    /// filesystem): the master reads no data, only worker 0 reads the headers. `chunks` defaults to
+    /// [`default_chunk_count`](crate::data::default_chunk_count) of the row count, as for an in-memory dataset, so
+    /// results match [`load`](Self::load) of the same data bit for bit.
+    pub fn load_files<T: Element>(
+        &mut self,
+        source: &crate::data::loaders::FileSource,
+        chunks: Option<usize>,
+    ) -> Result<DatasetHandle<T>> {
+        self.check_usable()?;
+        self.workers[0].conn.send(&Message::Describe { source: source.clone() }, Arc::new(Vec::new()))?;
+        let (rows, cols, fingerprint) = loop {
+            let (w, msg, _) = self.next_event(None, || "the description of a file source".into())?;
+            match msg {
+                Message::Described { rows, cols, fingerprint } if w == 0 => {
+                    break (rows as usize, cols as usize, fingerprint)
+                }
+                Message::Failed { error, .. } if w == 0 => {
+                    return Err(Error::JobFailed {
+                        job: "load".into(),
+                        worker: self.workers[0].label.clone(),
+                        message: error,
+                    })
+                }
+                _ => {}
+            }
+        };
+        if rows == 0 || cols == 0 {
+            return Err(crate::data::DataError::Empty { rows, cols }.into());
+        }
+        let chunks = chunks.unwrap_or_else(|| crate::data::default_chunk_count(rows));
+        if chunks == 0 || chunks > rows || chunks > crate::data::MAX_CHUNKS {
+            return Err(crate::data::DataError::Chunks { chunks, rows, max: crate::data::MAX_CHUNKS }.into());
+        }
+        let id: DatasetId = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(b"cohort-file-source-v1");
+            h.update(fingerprint);
+            h.update([T::TYPE as u8]);
+            h.update((chunks as u64).to_le_bytes());
+            h.finalize().into()
+        };
+        let handle = DatasetHandle { id, rows, cols, chunks, _elem: PhantomData };
+        if self.datasets.contains_key(&id) {
+            return Ok(handle);
+        }
+        let ranges: Vec<Range<u32>> =
+            assign_chunks(chunks, self.workers.len()).into_iter().map(|r| r.start as u32..r.end as u32).collect();
+        let mut pending = BTreeSet::new();
+        for (w, range) in ranges.iter().enumerate() {
+            if range.is_empty() {
+                continue;
+            }
+            let msg = Message::LoadSource {
+                dataset: id,
+                source: source.clone(),
+                elem: T::TYPE,
+                fingerprint,
+                rows: rows as u64,
+                total_chunks: chunks as u32,
+                first_chunk: range.start,
+                end_chunk: range.end,
+            };
+            self.workers[w].conn.send(&msg, Arc::new(Vec::new()))?;
+            pending.insert(w);
+        }
+        while !pending.is_empty() {
+            let (w, msg, _) = self.next_event(None, || "workers to load their chunks from files".into())?;
+            match msg {
+                Message::Loaded { dataset, .. } if dataset == id => {
+                    pending.remove(&w);
+                }
+                Message::Failed { error, .. } => {
+                    return Err(Error::JobFailed {
+                        job: "load".into(),
+                        worker: self.workers[w].label.clone(),
+                        message: error,
+                    })
+                }
+                _ => {}
+            }
+        }
+        self.datasets.insert(id, Placement { elem: T::TYPE, chunks: chunks as u32, ranges });
         Ok(handle)
     }
 

@@ -250,6 +250,18 @@ impl SshHost {
         Ok(dest)
     }
 
+    /// Removes the cached binary `sha` (so the next bootstrap copies it again). Returns whether it was there.
+    pub fn remove_cached(&self, sha: &str) -> Result<bool, String> {
+        let info = self.probe(sha)?;
+        if !info.cached {
+            return Ok(false);
+        }
+        let script = format!("rm -f {}", sh_quote(&format!("{}/{sha}", info.cache_dir)));
+        self.run_script(&script, Stdio::null(), self.config.connect_timeout + Duration::from_secs(20), "removing")
+            .map_err(|(_, e)| format!("cannot remove the cached binary on {}: {e}", self.target))?;
+        Ok(true)
+    }
+
     /// Starts one worker session running `remote_binary` in worker mode and writes the secret line to it.
     pub fn spawn_worker(
         &self,

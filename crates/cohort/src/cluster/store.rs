@@ -2,7 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::data::{Element, Shard, Values};
+use crate::data::loaders::{self, FileSource};
+use crate::data::{chunk_rows, Element, Shard, Values};
 use crate::wire::{ChunkMeta, DatasetId, ElemType};
 
 /// One resident chunk.
@@ -33,6 +34,13 @@ impl ResidentDataset {
             None => None,
         };
         Ok(Shard { values, cols: self.cols as usize, labels, first_row: c.first_row, chunk })
+    }
+}
+
+fn slice_values(v: &Values, r: std::ops::Range<usize>) -> Values {
+    match v {
+        Values::F32(v) => Values::F32(v[r].to_vec()),
+        Values::F64(v) => Values::F64(v[r].to_vec()),
     }
 }
 
@@ -77,6 +85,63 @@ impl Store {
         }
         ds.chunks.insert(meta.chunk, ResidentChunk { first_row: meta.first_row, values, labels });
         Ok(())
+    }
+
+    /// Loads chunks `[first, end)` of a file source from disk (the worker's own view of a shared filesystem).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_source(
+        &mut self,
+        dataset: DatasetId,
+        source: &FileSource,
+        elem: ElemType,
+        fingerprint: [u8; 32],
+        rows: u64,
+        total_chunks: u32,
+        chunks: std::ops::Range<u32>,
+    ) -> Result<u32, String> {
+        let info = loaders::describe(source).map_err(|e| e.to_string())?;
+        if info.fingerprint != fingerprint || info.rows as u64 != rows {
+            return Err(format!(
+                "{} differs on this host from the file worker 0 described (size, time or shape); every worker must \
+                 see the same files",
+                source.values.display()
+            ));
+        }
+        let row_range = |c: u32| chunk_rows(rows as usize, total_chunks as usize, c as usize);
+        let all = row_range(chunks.start).start..row_range(chunks.end.max(chunks.start + 1) - 1).end;
+        if chunks.is_empty() {
+            return Ok(0);
+        }
+        let (values, labels) = match elem {
+            ElemType::F32 => {
+                let (v, l) = loaders::read_rows::<f32>(source, all.clone()).map_err(|e| e.to_string())?;
+                (Values::F32(v), l.map(Values::F32))
+            }
+            ElemType::F64 => {
+                let (v, l) = loaders::read_rows::<f64>(source, all.clone()).map_err(|e| e.to_string())?;
+                (Values::F64(v), l.map(Values::F64))
+            }
+        };
+        let cols = info.cols;
+        let ds = self.datasets.entry(dataset).or_insert_with(|| ResidentDataset {
+            elem,
+            cols: cols as u32,
+            total_chunks,
+            chunks: BTreeMap::new(),
+        });
+        for c in chunks.clone() {
+            let r = row_range(c);
+            let local = (r.start - all.start)..(r.end - all.start);
+            ds.chunks.insert(
+                c,
+                ResidentChunk {
+                    first_row: r.start as u64,
+                    values: slice_values(&values, local.start * cols..local.end * cols),
+                    labels: labels.as_ref().map(|l| slice_values(l, local.clone())),
+                },
+            );
+        }
+        Ok(chunks.len() as u32)
     }
 
     /// The dataset, if resident.

@@ -242,6 +242,24 @@ fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mu
                 send(output, &Message::Loaded { dataset, chunks }, &[])?;
             }
             Message::DropDataset { dataset } => store.remove(&dataset),
+            Message::Describe { source } => match crate::data::loaders::describe(&source) {
+                Ok(info) => {
+                    let reply = Message::Described {
+                        rows: info.rows as u64,
+                        cols: info.cols as u32,
+                        fingerprint: info.fingerprint,
+                    };
+                    send(output, &reply, &[])?
+                }
+                Err(e) => send(output, &Message::Failed { round: 0, error: e.to_string() }, &[])?,
+            },
+            Message::LoadSource { dataset, source, elem, fingerprint, rows, total_chunks, first_chunk, end_chunk } => {
+                match store.load_source(dataset, &source, elem, fingerprint, rows, total_chunks, first_chunk..end_chunk)
+                {
+                    Ok(chunks) => send(output, &Message::Loaded { dataset, chunks }, &[])?,
+                    Err(error) => send(output, &Message::Failed { round: 0, error }, &[])?,
+                }
+            }
             Message::Map { round, job, dataset, first_chunk, end_chunk } => {
                 let started = Instant::now();
                 let outcome = match (registry.get(&job), store.get(&dataset)) {

@@ -153,6 +153,40 @@ pub enum Message {
         /// What went wrong, for the user.
         error: String,
     },
+    /// Master → worker: read the headers of a file source. No payload; answered with [`Message::Described`].
+    Describe {
+        /// The files.
+        source: crate::data::loaders::FileSource,
+    },
+    /// Worker → master: shape and fingerprint of a file source. No payload.
+    Described {
+        /// Rows.
+        rows: u64,
+        /// Values per row.
+        cols: u32,
+        /// Fingerprint of the files as this worker sees them.
+        fingerprint: [u8; 32],
+    },
+    /// Master → worker: load chunks `[first_chunk, end_chunk)` of a file source yourself. No payload; answered with
+    /// [`Message::Loaded`].
+    LoadSource {
+        /// Identity the master gives the dataset.
+        dataset: DatasetId,
+        /// The files.
+        source: crate::data::loaders::FileSource,
+        /// Element type to read the values as.
+        elem: ElemType,
+        /// Fingerprint the files must have (as worker 0 saw them).
+        fingerprint: [u8; 32],
+        /// Rows of the whole source.
+        rows: u64,
+        /// Chunks the source is cut into.
+        total_chunks: u32,
+        /// First chunk to load.
+        first_chunk: u32,
+        /// End of the chunk range.
+        end_chunk: u32,
+    },
     /// Worker → master: still alive. No payload.
     Heartbeat,
     /// Master → worker: exit cleanly. No payload.
@@ -174,6 +208,9 @@ impl Message {
             Message::Map { .. } => "Map",
             Message::MapDone { .. } => "MapDone",
             Message::Failed { .. } => "Failed",
+            Message::Describe { .. } => "Describe",
+            Message::Described { .. } => "Described",
+            Message::LoadSource { .. } => "LoadSource",
             Message::Heartbeat => "Heartbeat",
             Message::Shutdown => "Shutdown",
         }

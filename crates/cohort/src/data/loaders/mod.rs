@@ -22,6 +22,7 @@ mod input;
 pub mod libsvm;
 pub mod named;
 pub mod npy;
+pub mod ranged;
 
 use std::str::FromStr;
 
@@ -33,6 +34,7 @@ pub use idx::{load_idx, load_idx_images, load_idx_labels, IdxImages};
 pub use libsvm::{load_libsvm, LibsvmOptions};
 pub use named::{find_named, find_named_in, load_fashion_mnist, load_mnist_like, search_dirs, Split};
 pub use npy::{load_npy, load_npy_array, NpyArray};
+pub use ranged::{describe, read_rows, FileFormat, FileSource, SourceInfo};
 
 /// An element type the loaders can produce: `f32` or `f64`.
 ///

@@ -29,7 +29,7 @@ pub struct NpyArray<T> {
 
 /// Element types of a `.npy` file that can be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dtype {
+pub(crate) enum Dtype {
     F4,
     F8,
     I4,
@@ -38,7 +38,7 @@ enum Dtype {
 }
 
 impl Dtype {
-    fn size(self) -> u64 {
+    pub(crate) fn size(self) -> u64 {
         match self {
             Dtype::F4 | Dtype::I4 => 4,
             Dtype::F8 | Dtype::I8 => 8,
@@ -96,7 +96,7 @@ pub fn load_npy<T: LoadElement>(values: impl AsRef<Path>, labels: Option<&Path>)
 }
 
 /// Reads the magic, version and header; returns the dtype and the shape (1 or 2 dimensions).
-fn read_header(input: &mut Input) -> Result<(Dtype, Vec<u64>), LoadError> {
+pub(crate) fn read_header(input: &mut Input) -> Result<(Dtype, Vec<u64>), LoadError> {
     let path = input.path().to_path_buf();
     let header_error = |offset: u64, message: String| LoadError::Header { path: path.clone(), offset, message };
     let start = input.header(8)?;
@@ -193,7 +193,7 @@ fn dtype(path: &Path, descr: &str) -> Result<Dtype, LoadError> {
 }
 
 /// Converts little-endian elements to `T`.
-fn decode<T: LoadElement>(dtype: Dtype, bytes: &[u8]) -> Vec<T> {
+pub(crate) fn decode<T: LoadElement>(dtype: Dtype, bytes: &[u8]) -> Vec<T> {
     match dtype {
         Dtype::F4 => bytes.chunks_exact(4).map(|c| T::from_f32(f32::from_le_bytes(array(c)))).collect(),
         Dtype::F8 => bytes.chunks_exact(8).map(|c| T::from_f64(f64::from_le_bytes(array(c)))).collect(),
