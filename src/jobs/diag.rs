@@ -71,3 +71,34 @@ impl MapReduce for Fault {
         a + b
     }
 }
+
+/// A multipass probe: each worker counts its passes in its local state and reports `(index, passes, Σ values)`;
+/// the aggregate appends the reports, in worker order, to the state. Lets tests see that local state persists and
+/// that aggregation order is fixed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassProbe;
+
+impl cohort::Multipass for PassProbe {
+    const NAME: &'static str = "cohort.pass_probe";
+    type Elem = f64;
+    type State = Vec<f64>;
+    type Partial = (u32, u64, f64);
+    type Local = (u32, u64);
+
+    fn init_local(&self, _state: &Vec<f64>, ctx: &cohort::WorkerContext) -> (u32, u64) {
+        (ctx.index, 0)
+    }
+
+    fn pass(&self, _state: &Vec<f64>, local: &mut (u32, u64), shards: &[Shard<'_, f64>]) -> (u32, u64, f64) {
+        local.1 += 1;
+        (local.0, local.1, shards.iter().flat_map(|s| s.values).sum())
+    }
+
+    fn aggregate(&self, state: &Vec<f64>, parts: Vec<cohort::Contribution<(u32, u64, f64)>>) -> Vec<f64> {
+        let mut next = state.clone();
+        for c in parts {
+            next.extend([f64::from(c.partial.0), c.partial.1 as f64, c.partial.2, c.rows as f64]);
+        }
+        next
+    }
+}

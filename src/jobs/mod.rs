@@ -8,5 +8,9 @@ use cohort::Registry;
 
 /// Every job the `cohort` binary can run.
 pub fn registry() -> Registry {
-    Registry::new().map_reduce(linear::LinearGradient).map_reduce(diag::Sum).map_reduce(diag::Fault)
+    Registry::new()
+        .map_reduce(linear::LinearGradient)
+        .map_reduce(diag::Sum)
+        .map_reduce(diag::Fault)
+        .multipass(diag::PassProbe)
 }

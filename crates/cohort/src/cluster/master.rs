@@ -19,7 +19,7 @@ use super::process::WorkerProcess;
 use super::spec::{SshTarget, WorkerSpec};
 use super::ssh::{SshConfig, SshHost};
 use crate::data::{assign_chunks, Dataset, Element};
-use crate::job::MapReduce;
+use crate::job::{Contribution, MapReduce, Multipass};
 use crate::tree::Tree;
 use crate::wire::handshake::{MasterHandshake, Secret, WorkerHello};
 use crate::wire::{ChunkMeta, DatasetId, ElemType, Message, Payload, WireError};
@@ -206,6 +206,7 @@ impl ClusterBuilder {
             rounds_run: 0,
             heartbeat_timeout: self.heartbeat_timeout,
             broken: None,
+            sessions: 0,
         };
 
         // Remote hosts first: connecting and copying run in parallel, one thread per host.
@@ -424,6 +425,21 @@ pub struct Cluster {
     rounds_run: u64,
     heartbeat_timeout: Duration,
     broken: Option<String>,
+    sessions: u64,
+}
+
+/// A multipass session: identifies the worker-local states of the jobs run with it.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    seed: u64,
+}
+
+impl Session {
+    /// The seed handed to workers.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
 }
 
 impl Cluster {
@@ -745,12 +761,7 @@ impl Cluster {
         if placement.elem != J::Elem::TYPE {
             return Err(Error::ElemMismatch { job: J::NAME.into(), expected: J::Elem::TYPE, got: placement.elem });
         }
-        for w in &self.workers {
-            let jobs = w.hello.as_ref().map(|h| h.jobs.as_slice()).unwrap_or_default();
-            if !jobs.iter().any(|j| j == J::NAME) {
-                return Err(Error::UnknownJob { job: J::NAME.into(), available: jobs.to_vec() });
-            }
-        }
+        self.check_job(J::NAME)?;
         self.round += 1;
         let round = self.round;
         let tree = Tree::new(placement.chunks);
@@ -805,6 +816,98 @@ impl Cluster {
         })?;
         self.rounds_run += 1;
         Ok(result)
+    }
+
+    /// Opens a multipass session: worker-local states of the jobs run with it live until
+    /// [`close_session`](Self::close_session). `seed` reaches every worker's [`WorkerContext`](crate::job::WorkerContext).
+    pub fn open_session(&mut self, seed: u64) -> Session {
+        self.sessions += 1;
+        Session { id: self.sessions, seed }
+    }
+
+    /// Frees a session's worker-local states.
+    pub fn close_session(&mut self, session: Session) -> Result<()> {
+        for w in &self.workers {
+            w.conn.send(&Message::EndSession { session: session.id }, Arc::new(Vec::new()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one pass of a multipass job: broadcasts `state`, lets every worker run `pass` over its resident chunks
+    /// with its local state of `session`, and aggregates the partial results in worker order.
+    pub fn pass<J: Multipass>(
+        &mut self,
+        job: &J,
+        session: &Session,
+        state: &J::State,
+        data: &DatasetHandle<J::Elem>,
+    ) -> Result<J::State> {
+        self.check_usable()?;
+        let placement = self.datasets.get(&data.id).ok_or_else(|| Error::UnknownDataset(hex::encode(&data.id[..8])))?;
+        if placement.elem != J::Elem::TYPE {
+            return Err(Error::ElemMismatch { job: J::NAME.into(), expected: J::Elem::TYPE, got: placement.elem });
+        }
+        self.check_job(J::NAME)?;
+        self.round += 1;
+        let round = self.round;
+        let payload = Arc::new(state.to_bytes());
+        let holders: Vec<(usize, Range<u32>)> =
+            placement.ranges.iter().cloned().enumerate().filter(|(_, r)| !r.is_empty()).collect();
+        let rows_total = data.rows;
+        let chunks_total = placement.chunks as usize;
+        for (index, (w, range)) in holders.iter().enumerate() {
+            let msg = Message::Pass {
+                session: session.id,
+                round,
+                job: J::NAME.to_string(),
+                dataset: data.id,
+                first_chunk: range.start,
+                end_chunk: range.end,
+                index: index as u32,
+                workers: holders.len() as u32,
+                seed: session.seed,
+            };
+            self.workers[*w].conn.send(&msg, Arc::clone(&payload))?;
+        }
+        let mut partials: BTreeMap<usize, J::Partial> = BTreeMap::new();
+        while partials.len() < holders.len() {
+            let (w, msg, payload) = self.next_event(None, || format!("pass {round} of `{}`", J::NAME))?;
+            match msg {
+                Message::PassDone { round: r, .. } if r == round => {
+                    let partial = J::Partial::from_bytes(&payload)
+                        .map_err(|e| self.protocol(w, &format!("cannot decode the partial of `{}`: {e}", J::NAME)))?;
+                    partials.insert(w, partial);
+                }
+                Message::Failed { round: r, error } if r == round => {
+                    return Err(Error::JobFailed {
+                        job: J::NAME.into(),
+                        worker: self.workers[w].label.clone(),
+                        message: error,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let contributions = holders
+            .iter()
+            .map(|(w, range)| {
+                let first = crate::data::chunk_rows(rows_total, chunks_total, range.start as usize).start;
+                let end = crate::data::chunk_rows(rows_total, chunks_total, range.end as usize - 1).end;
+                Contribution { rows: (end - first) as u64, partial: partials.remove(w).expect("every holder answered") }
+            })
+            .collect();
+        self.rounds_run += 1;
+        Ok(job.aggregate(state, contributions))
+    }
+
+    fn check_job(&self, name: &str) -> Result<()> {
+        for w in &self.workers {
+            let jobs = w.hello.as_ref().map(|h| h.jobs.as_slice()).unwrap_or_default();
+            if !jobs.iter().any(|j| j == name) {
+                return Err(Error::UnknownJob { job: name.into(), available: jobs.to_vec() });
+            }
+        }
+        Ok(())
     }
 
     /// Stops every worker cleanly (waiting up to two seconds) and kills any that do not exit.

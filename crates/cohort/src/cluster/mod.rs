@@ -9,5 +9,5 @@ pub mod ssh;
 pub(crate) mod store;
 pub mod worker;
 
-pub use master::{Cluster, ClusterBuilder, DataChannel, DatasetHandle, Stats};
+pub use master::{Cluster, ClusterBuilder, DataChannel, DatasetHandle, Session, Stats};
 pub use spec::{SshTarget, WorkerSpec};

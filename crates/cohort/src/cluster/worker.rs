@@ -227,6 +227,7 @@ fn send<W: Write>(output: &Mutex<W>, msg: &Message, payload: &[u8]) -> Result<()
 
 fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mutex<W>) -> Result<(), WorkerError> {
     let mut store = Store::default();
+    let mut sessions: std::collections::HashMap<u64, Option<Box<dyn std::any::Any + Send>>> = Default::default();
     loop {
         let Some(frame) = read_frame(input, MAX_FRAME)? else {
             return Ok(()); // the master closed the connection
@@ -289,6 +290,44 @@ fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mu
                     }
                     Err(error) => send(output, &Message::Failed { round, error }, &[])?,
                 }
+            }
+            Message::Pass { session, round, job, dataset, first_chunk, end_chunk, index, workers, seed } => {
+                let started = Instant::now();
+                let local = sessions.entry(session).or_default();
+                let outcome = match (registry.get_pass(&job), store.get(&dataset)) {
+                    (None, _) => Err(format!("multipass job `{job}` is not registered in this worker")),
+                    (_, None) => Err(format!("dataset {} is not resident on this worker", hex::encode(&dataset[..8]))),
+                    (Some(job_impl), Some(data)) => {
+                        let rows: u64 = (first_chunk..end_chunk)
+                            .filter_map(|c| data.chunks.get(&c))
+                            .map(|c| c.values.len() as u64 / u64::from(data.cols.max(1)))
+                            .sum();
+                        let first_row = data.chunks.get(&first_chunk).map_or(0, |c| c.first_row);
+                        let ctx = crate::job::WorkerContext { index, workers, rows, first_row, seed };
+                        if job_impl.elem() != data.elem {
+                            Err(format!(
+                                "job `{job}` reads {} data but the dataset holds {}",
+                                job_impl.elem(),
+                                data.elem
+                            ))
+                        } else {
+                            catch_unwind(AssertUnwindSafe(|| {
+                                job_impl.pass(&frame.payload, local, data, first_chunk..end_chunk, ctx)
+                            }))
+                            .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))))
+                        }
+                    }
+                };
+                match outcome {
+                    Ok(partial) => {
+                        let compute_us = started.elapsed().as_micros() as u64;
+                        send(output, &Message::PassDone { round, compute_us }, &partial)?;
+                    }
+                    Err(error) => send(output, &Message::Failed { round, error }, &[])?,
+                }
+            }
+            Message::EndSession { session } => {
+                sessions.remove(&session);
             }
             Message::Shutdown => return Ok(()),
             other => {

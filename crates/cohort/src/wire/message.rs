@@ -187,6 +187,40 @@ pub enum Message {
         /// End of the chunk range.
         end_chunk: u32,
     },
+    /// Master → worker: run one pass of a multipass job over chunks `[first_chunk, end_chunk)`. Payload: the
+    /// encoded state.
+    Pass {
+        /// Session whose worker-local state to use (created on first use).
+        session: u64,
+        /// Round number, echoed in the answer.
+        round: u64,
+        /// Registered job name.
+        job: String,
+        /// Resident dataset.
+        dataset: DatasetId,
+        /// First chunk (inclusive).
+        first_chunk: u32,
+        /// Last chunk (exclusive).
+        end_chunk: u32,
+        /// This worker's place: index among data-holding workers, their count, the session seed.
+        index: u32,
+        /// Number of data-holding workers.
+        workers: u32,
+        /// Session seed.
+        seed: u64,
+    },
+    /// Worker → master: the partial result of a pass. Payload: the encoded partial.
+    PassDone {
+        /// Round number from the `Pass`.
+        round: u64,
+        /// Microseconds the worker spent computing.
+        compute_us: u64,
+    },
+    /// Master → worker: forget a session's local state. No payload, no answer.
+    EndSession {
+        /// The session.
+        session: u64,
+    },
     /// Worker → master: still alive. No payload.
     Heartbeat,
     /// Master → worker: exit cleanly. No payload.
@@ -211,6 +245,9 @@ impl Message {
             Message::Describe { .. } => "Describe",
             Message::Described { .. } => "Described",
             Message::LoadSource { .. } => "LoadSource",
+            Message::Pass { .. } => "Pass",
+            Message::PassDone { .. } => "PassDone",
+            Message::EndSession { .. } => "EndSession",
             Message::Heartbeat => "Heartbeat",
             Message::Shutdown => "Shutdown",
         }
