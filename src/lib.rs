@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod commands;
 pub mod jobs;
+pub mod model_file;
+pub mod plot;
 pub mod progress;
 pub mod report;
 
