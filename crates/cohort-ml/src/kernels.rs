@@ -1,0 +1,398 @@
+//! Numerical kernels: single-threaded matrix products on row-major slices, and a fast, accurate, vectorisable
+//! `exp`/sigmoid.
+//!
+//! **Matrix products** go through faer with [`faer::Par::Seq`]: one worker process uses one core, the parallelism
+//! is the workers. [`view`] / [`view_mut`] borrow a row-major slice (a [`cohort::Shard`]'s values, a parameter
+//! block) as a faer matrix without copying, and [`matmul`] checks shapes and returns an error where faer would
+//! panic. A transposed operand is just [`MatRef::transpose`] of a view: no copy either.
+//!
+//! **`exp`** is a branch-free Cody–Waite reduction `x = n·ln2 + r`, `|r| ≤ ln2/2`, the [6/6] Padé approximant
+//! `e^r ≈ P(r)/P(-r)` (approximation error below 1e-18) and a scale by `2^n` built from the exponent bits; the
+//! sigmoid folds its own division into the Padé quotient, so it too costs one division. Both are plain scalar code
+//! that the compiler vectorises: element-wise loops are compiled for AVX-512, AVX2 and the baseline SSE2, and the
+//! CPU picks at run time (the AVX-512 variant needs Rust ≥ 1.89 at build time, see `build.rs`). The relative error
+//! against `f64::exp` stays below 1e-15 (a few ulp, see the tests). Measured on one Zen 4 core: 2.5 M sigmoids in
+//! about 2.5 ms, against 11–12 ms for a `1/(1+f64::exp(-x))` loop.
+//!
+//! **Determinism.** Everything here is single-threaded with a fixed order of operations. The element-wise kernels
+//! use only IEEE add/mul/div (never a fused multiply-add, which the compiler may not introduce on its own), so the
+//! SSE2, AVX2 and AVX-512 variants give bit-identical results. faer's GEMM picks its micro-kernel by CPU features
+//! (AVX-512, AVX2), so machines with *different* SIMD levels may differ in the last bits of a product; machines of
+//! one kind agree bit for bit.
+
+use faer::linalg::matmul::matmul as faer_matmul;
+pub use faer::{Accum, MatMut, MatRef};
+
+use crate::error::{MlError, Result};
+
+/// Borrows a row-major slice of `rows × cols` values as a matrix (no copy).
+pub fn view<T>(values: &[T], rows: usize, cols: usize) -> Result<MatRef<'_, T>> {
+    check_len(values.len(), rows, cols, cols)?;
+    Ok(MatRef::from_row_major_slice(values, rows, cols))
+}
+
+/// Borrows a mutable row-major slice of `rows × cols` values as a matrix (no copy).
+pub fn view_mut(values: &mut [f64], rows: usize, cols: usize) -> Result<MatMut<'_, f64>> {
+    check_len(values.len(), rows, cols, cols)?;
+    Ok(MatMut::from_row_major_slice_mut(values, rows, cols))
+}
+
+/// Borrows `rows × cols` values of a row-major buffer whose rows start `row_stride` values apart (a block of columns
+/// of a wider matrix) as a mutable matrix.
+pub fn view_strided_mut(values: &mut [f64], rows: usize, cols: usize, row_stride: usize) -> Result<MatMut<'_, f64>> {
+    if row_stride < cols {
+        return Err(MlError::Shape(format!("row stride {row_stride} is smaller than the {cols} columns")));
+    }
+    check_len(values.len(), rows, cols, row_stride)?;
+    // Built as the transpose of a column-major view: faer 0.24's `from_row_major_slice_with_stride_mut` swaps the
+    // two strides (it yields a column-major matrix), which the test `strided_destination_leaves_other_columns_alone`
+    // pins down.
+    Ok(MatMut::from_column_major_slice_with_stride_mut(values, cols, rows, row_stride).transpose_mut())
+}
+
+fn check_len(len: usize, rows: usize, cols: usize, row_stride: usize) -> Result<()> {
+    let needed = if rows == 0 || cols == 0 {
+        Some(0)
+    } else {
+        (rows - 1).checked_mul(row_stride).and_then(|n| n.checked_add(cols))
+    };
+    match needed {
+        // A strided view may be shorter than rows × stride; a dense one must be exact.
+        Some(n) if (row_stride == cols && len == rows * cols) || (row_stride != cols && len >= n) => Ok(()),
+        _ => Err(MlError::Shape(format!(
+            "a buffer of {len} values cannot hold a {rows}×{cols} matrix with row stride {row_stride}"
+        ))),
+    }
+}
+
+/// `dst = lhs · rhs` (`Accum::Replace`) or `dst += lhs · rhs` (`Accum::Add`), single-threaded.
+pub fn matmul(dst: MatMut<'_, f64>, accum: Accum, lhs: MatRef<'_, f64>, rhs: MatRef<'_, f64>) -> Result<()> {
+    if lhs.ncols() != rhs.nrows() || dst.nrows() != lhs.nrows() || dst.ncols() != rhs.ncols() {
+        return Err(MlError::Shape(format!(
+            "{}×{} = {}×{} · {}×{}",
+            dst.nrows(),
+            dst.ncols(),
+            lhs.nrows(),
+            lhs.ncols(),
+            rhs.nrows(),
+            rhs.ncols()
+        )));
+    }
+    faer_matmul(dst, accum, lhs, rhs, 1.0, faer::Par::Seq);
+    Ok(())
+}
+
+/// Defines a function several times — for the baseline target, with AVX2 enabled and (with a compiler that
+/// supports it) with AVX-512 enabled — and picks the widest one the CPU supports at run time. The body should be
+/// plain scalar loops over slices calling `#[inline(always)]` helpers such as [`exp`] and [`sigmoid`]; it is
+/// inlined into each variant and auto-vectorises to that width. The body must not use `mul_add`: without it every
+/// variant computes the same IEEE operations lane by lane, so all variants give the same bits.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    generic($($arg),*)
+                }
+                if $crate::kernels::has_avx512() {
+                    // SAFETY: `avx512` only needs the CPU features `has_avx512` just detected.
+                    return unsafe { avx512($($arg),*) };
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: `avx2` only needs the CPU feature just detected.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// Whether the CPU has the AVX-512 subsets the AVX-512 kernel variants are compiled for.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
+/// Runs `f` on a scratch buffer of `len` values that is reused across calls on this thread. A worker maps chunk
+/// after chunk; a fresh buffer of a few hundred kB each time would be mapped and page-faulted anew by the allocator.
+/// The contents are unspecified: write before reading.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered (a kernel inside a kernel): fall back to a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+const LOG2_E: f64 = std::f64::consts::LOG2_E;
+/// `ln 2` split so that `n · LN2_HI` is exact for `|n| < 2^11` (the high part has 32 significant bits).
+const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+/// `1.5 · 2^52`: adding it rounds to an integer and leaves that integer in the low mantissa bits.
+const SHIFTER: f64 = 6_755_399_441_055_744.0;
+/// Below this `exp` returns 0 (true values are below 3.3e-308, about the smallest normal number).
+const EXP_LO: f64 = -708.0;
+/// Above this `exp` returns infinity (`ln(f64::MAX) ≈ 709.7827`; inputs up to here overflow correctly anyway).
+const EXP_HI: f64 = 709.79;
+
+/// Splits `x` (already clamped to `[EXP_LO, EXP_HI]`) into `x = n·ln2 + r` with `|r| ≤ ln2/2 + ε`; returns
+/// `2^(n-1)` and `r`. Half the scale keeps n = 1024 (x within 0.01 of ln(f64::MAX)) representable; the caller
+/// multiplies by 2 last, which is exact or overflows exactly when the result does.
+#[inline(always)]
+fn reduce(x: f64) -> (f64, f64) {
+    let t = x * LOG2_E + SHIFTER;
+    let n = t - SHIFTER;
+    // Cody–Waite: `n · LN2_HI` is exact, so `r` carries the full precision of ln 2 (about 2^-85 absolute).
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // The low mantissa bits of `t` hold n in two's complement; adding the bias 1023 - 1 and shifting into the
+    // exponent field gives 2^(n-1) (n - 1 + 1023 lies in [1, 2046] for the clamped range).
+    let half_scale = f64::from_bits(t.to_bits().wrapping_add(1022) << 52);
+    (half_scale, r)
+}
+
+/// The [6/6] Padé approximant of `e^r`, `e^r ≈ P(r) / P(-r)`, returned as `(P(r), P(-r))`. With
+/// `P(r) = E(r²) + r·O(r²)` both values share their work; for `|r| ≤ 0.35` the approximation error is below 1e-18
+/// relative, so what remains is rounding (a few ulp).
+#[inline(always)]
+fn pade(r: f64) -> (f64, f64) {
+    let r2 = r * r;
+    let r4 = r2 * r2;
+    let even = (1.0 + r2 * (5.0 / 44.0)) + r4 * (1.0 / 792.0 + r2 * (1.0 / 665_280.0));
+    let odd = r * ((0.5 + r2 * (1.0 / 66.0)) + r4 * (1.0 / 15_840.0));
+    (even + odd, even - odd)
+}
+
+/// `e^x` with a relative error of a few ulp, branch-free so that loops over it vectorise.
+///
+/// Returns `+∞` above `ln(f64::MAX)`, `0` below `-708` (where the true value is below 3.3e-308, about the smallest
+/// normal number), and NaN for NaN.
+#[inline(always)]
+pub fn exp(x: f64) -> f64 {
+    // Selects rather than `f64::clamp`/`max`, which carry NaN rules that get in the way of vectorisation; a NaN
+    // fails both comparisons and flows through to the result.
+    let xc = if x < EXP_LO { EXP_LO } else { x };
+    let xc = if xc > EXP_HI { EXP_HI } else { xc };
+    let (half_scale, r) = reduce(xc);
+    let (p, q) = pade(r);
+    let y = p / q * half_scale * 2.0;
+    let y = if x > EXP_HI { f64::INFINITY } else { y };
+    if x < EXP_LO {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// The logistic function `1 / (1 + e^-x)`, branch-free, with one division: writing `e^-x = 2^n · P / Q` (see
+/// [`exp`]) gives `σ(x) = Q / (Q + 2^n · P)`. Relative error a few ulp; exactly 0 and 1 far out, NaN for NaN.
+#[inline(always)]
+pub fn sigmoid(x: f64) -> f64 {
+    let y = -x;
+    // Clamping is enough here: beyond the range σ is 0 or 1 to within 1e-307 (2^n may become +∞, which gives 0).
+    let y = if y < EXP_LO { EXP_LO } else { y };
+    let y = if y > EXP_HI { EXP_HI } else { y };
+    let (half_scale, r) = reduce(y);
+    let (p, q) = pade(r);
+    q / (q + 2.0 * half_scale * p)
+}
+
+multiversion! {
+    /// Replaces every value by its [`exp`], vectorised.
+    pub fn exp_slice(values: &mut [f64]) {
+        for v in values.iter_mut() {
+            *v = exp(*v);
+        }
+    }
+}
+
+multiversion! {
+    /// Replaces every value by its [`sigmoid`], vectorised.
+    pub fn sigmoid_slice(values: &mut [f64]) {
+        for v in values.iter_mut() {
+            *v = sigmoid(*v);
+        }
+    }
+}
+
+multiversion! {
+    fn widen_unchecked(src: &[f32], dst: &mut [f64]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f64::from(*s);
+        }
+    }
+}
+
+/// Converts `f32` values to `f64` (exactly), vectorised. `dst` must be as long as `src`.
+pub fn widen(src: &[f32], dst: &mut [f64]) -> Result<()> {
+    if src.len() != dst.len() {
+        return Err(MlError::Shape(format!("cannot widen {} values into {}", src.len(), dst.len())));
+    }
+    widen_unchecked(src, dst);
+    Ok(())
+}
+
+/// Dot product with a fixed summation order (four interleaved partial sums, combined pairwise), so it is fast and
+/// deterministic. Uses the shorter length if the slices differ.
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f64; 4];
+    let mut ca = a.chunks_exact(4);
+    let mut cb = b.chunks_exact(4);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    for (k, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[k] += x * y;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
+/// Euclidean norm, with the summation order of [`dot`].
+pub fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(a: f64, b: f64) -> f64 {
+        ((a - b) / b).abs()
+    }
+
+    #[test]
+    fn exp_is_accurate_over_the_whole_range() {
+        let mut rng = cohort::rng::Rng::new(1);
+        let mut worst = 0.0f64;
+        for i in 0..200_000 {
+            // Uniform over the normal range plus a dense sweep of small arguments.
+            let x = if i % 2 == 0 { -707.9 + 1417.6 * rng.uniform() } else { 20.0 * rng.uniform() - 10.0 };
+            worst = worst.max(rel(exp(x), x.exp()));
+        }
+        for x in [0.0, 1e-300, -1e-300, 0.5 * std::f64::consts::LN_2, 1.0, -1.0, 709.7, -707.99, 709.78] {
+            worst = worst.max(rel(exp(x), x.exp()));
+        }
+        assert!(worst <= 1e-15, "worst relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_limits_and_nan() {
+        assert_eq!(exp(710.0), f64::INFINITY);
+        assert_eq!(exp(f64::INFINITY), f64::INFINITY);
+        assert!(exp(709.7827) > 1e308 && exp(709.7827).is_finite());
+        assert_eq!(exp(-709.0), 0.0);
+        assert_eq!(exp(f64::NEG_INFINITY), 0.0);
+        assert!(exp(f64::NAN).is_nan());
+        assert_eq!(sigmoid(1000.0), 1.0);
+        assert_eq!(sigmoid(-1000.0), 0.0);
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert!(sigmoid(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn slices_match_scalars_bit_for_bit() {
+        let mut rng = cohort::rng::Rng::new(2);
+        let xs: Vec<f64> = (0..1001).map(|_| 60.0 * rng.uniform() - 30.0).collect();
+        let mut e = xs.clone();
+        exp_slice(&mut e);
+        let mut s = xs.clone();
+        sigmoid_slice(&mut s);
+        for (i, &x) in xs.iter().enumerate() {
+            assert_eq!(e[i].to_bits(), exp(x).to_bits());
+            assert_eq!(s[i].to_bits(), sigmoid(x).to_bits());
+            assert!(rel(s[i], 1.0 / (1.0 + (-x).exp())) < 1e-15);
+        }
+    }
+
+    #[test]
+    fn matmul_checks_shapes_and_multiplies() {
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2×3
+        let b = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]; // 3×2
+        let mut c = [0.0; 4];
+        matmul(view_mut(&mut c, 2, 2).unwrap(), Accum::Replace, view(&a, 2, 3).unwrap(), view(&b, 3, 2).unwrap())
+            .unwrap();
+        assert_eq!(c, [4.0, 5.0, 10.0, 11.0]);
+        // a · aᵀ through a transposed view, accumulated.
+        matmul(
+            view_mut(&mut c, 2, 2).unwrap(),
+            Accum::Add,
+            view(&a, 2, 3).unwrap(),
+            view(&a, 2, 3).unwrap().transpose(),
+        )
+        .unwrap();
+        assert_eq!(c, [18.0, 37.0, 42.0, 88.0]);
+        let e =
+            matmul(view_mut(&mut c, 2, 2).unwrap(), Accum::Replace, view(&a, 2, 3).unwrap(), view(&a, 2, 3).unwrap());
+        assert!(matches!(e, Err(MlError::Shape(_))));
+        assert!(view(&a, 4, 2).is_err());
+        let mut wide = [0.0; 7];
+        assert!(view_strided_mut(&mut wide, 2, 3, 4).is_ok());
+        assert!(view_strided_mut(&mut wide, 2, 3, 5).is_err());
+        assert!(view_strided_mut(&mut wide, 2, 3, 2).is_err());
+    }
+
+    #[test]
+    fn strided_destination_leaves_other_columns_alone() {
+        for (rows, k, cols) in [(3, 4, 2), (40, 64, 25), (300, 64, 25)] {
+            let a: Vec<f64> = (0..rows * k).map(|i| (i % 7) as f64).collect();
+            let b: Vec<f64> = (0..k * cols).map(|i| (i % 5) as f64 - 2.0).collect();
+            let mut wide = vec![-1.0; rows * 2 * cols];
+            matmul(
+                view_strided_mut(&mut wide, rows, cols, 2 * cols).unwrap(),
+                Accum::Replace,
+                view(&a, rows, k).unwrap(),
+                view(&b, k, cols).unwrap(),
+            )
+            .unwrap();
+            for r in 0..rows {
+                for c in 0..cols {
+                    let want: f64 = (0..k).map(|t| a[r * k + t] * b[t * cols + c]).sum();
+                    assert_eq!(wide[r * 2 * cols + c], want, "{rows}x{k}x{cols} at {r},{c}");
+                    assert_eq!(wide[r * 2 * cols + cols + c], -1.0, "{rows}x{k}x{cols} right half at {r},{c}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_and_widen() {
+        let a: Vec<f64> = (0..11).map(f64::from).collect();
+        assert_eq!(dot(&a, &a), (0..11).map(|i| f64::from(i * i)).sum::<f64>());
+        assert_eq!(norm(&[3.0, 4.0]), 5.0);
+        let mut d = [0.0; 3];
+        widen(&[0.1f32, 2.0, -3.5], &mut d).unwrap();
+        assert_eq!(d, [f64::from(0.1f32), 2.0, -3.5]);
+        assert!(widen(&[1.0], &mut d).is_err());
+    }
+}
