@@ -1,6 +1,7 @@
 //! The cluster runtime: the master ([`Cluster`]), the worker loop ([`worker`]), how workers are described
 //! ([`WorkerSpec`]) and started ([`process`]), and the per-worker connections (`conn`).
 
+mod builder;
 mod conn;
 mod master;
 pub mod process;
@@ -9,5 +10,6 @@ pub mod ssh;
 pub(crate) mod store;
 pub mod worker;
 
-pub use master::{Cluster, ClusterBuilder, DataChannel, DatasetHandle, Session, Stats};
+pub use builder::{ClusterBuilder, DataChannel};
+pub use master::{Cluster, DatasetHandle, Session, Stats};
 pub use spec::{SshTarget, WorkerSpec};

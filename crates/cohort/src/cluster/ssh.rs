@@ -385,3 +385,43 @@ fn classify(target: &SshTarget, status: ExitStatus, stderr: &str, timeout: Durat
     };
     format!("{hint} (ssh {}: {last})", describe_status(status))
 }
+
+/// Reads one `\n`-terminated line (at most 256 bytes) with a deadline.
+pub(crate) fn read_line_with_timeout(
+    r: &mut std::process::ChildStdout,
+    timeout: Duration,
+) -> std::result::Result<String, String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + timeout;
+    let mut line = Vec::new();
+    let fd = r.as_raw_fd();
+    while line.len() < 256 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("timed out after {timeout:?}"));
+        }
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one valid descriptor we own.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+        if n <= 0 {
+            continue;
+        }
+        let mut b = [0u8; 1];
+        match r.read(&mut b) {
+            Ok(0) => return Err("the session closed".into()),
+            Ok(_) if b[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
+            Ok(_) => line.push(b[0]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("line too long".into())
+}
+
+/// Parses `COHORT-LISTEN <ip> <port>`.
+pub(crate) fn parse_listen_line(line: &str) -> Option<std::net::SocketAddr> {
+    let mut words = line.strip_prefix(super::worker::LISTEN_LINE_PREFIX)?.split_whitespace();
+    let ip: std::net::IpAddr = words.next()?.parse().ok()?;
+    let port: u16 = words.next()?.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, port))
+}
