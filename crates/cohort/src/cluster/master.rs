@@ -40,6 +40,7 @@ struct WorkerSlot {
 }
 
 /// Where a loaded dataset lives.
+#[derive(Debug, Clone)]
 struct Placement {
     elem: ElemType,
     chunks: u32,
@@ -341,22 +342,7 @@ impl Cluster {
             self.workers[w].conn.send(&Message::LoadDone { dataset: id }, Arc::new(Vec::new()))?;
             pending.insert(w);
         }
-        while !pending.is_empty() {
-            let (w, msg, _) = self.next_event(None, || "datasets to load".into())?;
-            match msg {
-                Message::Loaded { dataset, .. } if dataset == id => {
-                    pending.remove(&w);
-                }
-                Message::Failed { error, .. } => {
-                    return Err(Error::JobFailed {
-                        job: "load".into(),
-                        worker: self.workers[w].label.clone(),
-                        message: error,
-                    })
-                }
-                _ => {}
-            }
-        }
+        self.wait_loaded(id, pending, "datasets to load")?;
         self.datasets.insert(id, Placement { elem: T::TYPE, chunks, ranges });
         Ok(handle)
     }
@@ -428,22 +414,7 @@ impl Cluster {
             self.workers[w].conn.send(&msg, Arc::new(Vec::new()))?;
             pending.insert(w);
         }
-        while !pending.is_empty() {
-            let (w, msg, _) = self.next_event(None, || "workers to load their chunks from files".into())?;
-            match msg {
-                Message::Loaded { dataset, .. } if dataset == id => {
-                    pending.remove(&w);
-                }
-                Message::Failed { error, .. } => {
-                    return Err(Error::JobFailed {
-                        job: "load".into(),
-                        worker: self.workers[w].label.clone(),
-                        message: error,
-                    })
-                }
-                _ => {}
-            }
-        }
+        self.wait_loaded(id, pending, "workers to load their chunks from files")?;
         self.datasets.insert(id, Placement { elem: T::TYPE, chunks: chunks as u32, ranges });
         Ok(handle)
     }
@@ -466,14 +437,7 @@ impl Cluster {
         params: &J::Params,
         data: &DatasetHandle<J::Elem>,
     ) -> Result<J::Output> {
-        self.check_usable()?;
-        let placement = self.datasets.get(&data.id).ok_or_else(|| Error::UnknownDataset(hex::encode(&data.id[..8])))?;
-        if placement.elem != J::Elem::TYPE {
-            return Err(Error::ElemMismatch { job: J::NAME.into(), expected: J::Elem::TYPE, got: placement.elem });
-        }
-        self.check_job(J::NAME)?;
-        self.round += 1;
-        let round = self.round;
+        let (round, placement) = self.begin_round(J::NAME, J::Elem::TYPE, &data.id)?;
         let tree = Tree::new(placement.chunks);
         let params = Arc::new(params.to_bytes());
         let mut pending = BTreeSet::new();
@@ -552,14 +516,7 @@ impl Cluster {
         state: &J::State,
         data: &DatasetHandle<J::Elem>,
     ) -> Result<J::State> {
-        self.check_usable()?;
-        let placement = self.datasets.get(&data.id).ok_or_else(|| Error::UnknownDataset(hex::encode(&data.id[..8])))?;
-        if placement.elem != J::Elem::TYPE {
-            return Err(Error::ElemMismatch { job: J::NAME.into(), expected: J::Elem::TYPE, got: placement.elem });
-        }
-        self.check_job(J::NAME)?;
-        self.round += 1;
-        let round = self.round;
+        let (round, placement) = self.begin_round(J::NAME, J::Elem::TYPE, &data.id)?;
         let payload = Arc::new(state.to_bytes());
         let holders: Vec<(usize, Range<u32>)> =
             placement.ranges.iter().cloned().enumerate().filter(|(_, r)| !r.is_empty()).collect();
@@ -608,6 +565,37 @@ impl Cluster {
             .collect();
         self.rounds_run += 1;
         Ok(job.aggregate(state, contributions))
+    }
+
+    /// Waits until every worker in `pending` has answered `Loaded` for dataset `id`.
+    fn wait_loaded(&mut self, id: DatasetId, mut pending: BTreeSet<usize>, what: &str) -> Result<()> {
+        while !pending.is_empty() {
+            let (w, msg, _) = self.next_event(None, || what.to_string())?;
+            match msg {
+                Message::Loaded { dataset, .. } if dataset == id => {
+                    pending.remove(&w);
+                }
+                Message::Failed { error, .. } => {
+                    let worker = self.workers[w].label.clone();
+                    return Err(Error::JobFailed { job: "load".into(), worker, message: error });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the cluster, the dataset and the job are usable together and numbers the new round.
+    fn begin_round(&mut self, job: &str, elem: ElemType, data: &DatasetId) -> Result<(u64, Placement)> {
+        self.check_usable()?;
+        let placement = self.datasets.get(data).ok_or_else(|| Error::UnknownDataset(hex::encode(&data[..8])))?;
+        if placement.elem != elem {
+            return Err(Error::ElemMismatch { job: job.into(), expected: elem, got: placement.elem });
+        }
+        let placement = placement.clone();
+        self.check_job(job)?;
+        self.round += 1;
+        Ok((self.round, placement))
     }
 
     fn check_job(&self, name: &str) -> Result<()> {
