@@ -1,0 +1,131 @@
+//! Mini-batch update rules for the MLP: SGD with (heavy-ball) momentum and Adam, in `f32`.
+//!
+//! An [`OptimizerSpec`] is the rule and its hyper-parameters (small, serialisable, sent to the workers); an
+//! [`Optimizer`] adds the moment buffers, which live wherever the updates are applied: on each worker for model
+//! averaging (each worker's moments are its own), on the master for synchronous SGD.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{MlError, Result};
+
+/// An update rule with its hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum OptimizerSpec {
+    /// `v ← μ v + g; θ ← θ − η v`.
+    Sgd {
+        /// Learning rate `η`.
+        lr: f32,
+        /// Momentum `μ` in `[0, 1)`; 0 is plain SGD.
+        momentum: f32,
+    },
+    /// Adam (Kingma and Ba) with bias correction.
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// Decay of the first moment.
+        beta1: f32,
+        /// Decay of the second moment.
+        beta2: f32,
+        /// Added to `√v`.
+        eps: f32,
+    },
+}
+
+impl OptimizerSpec {
+    /// Adam with the usual `β₁ = 0.9`, `β₂ = 0.999`, `ε = 1e-8`.
+    pub fn adam(lr: f32) -> Self {
+        OptimizerSpec::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+
+    /// Checks the hyper-parameters.
+    pub fn validate(&self) -> Result<()> {
+        let (lr, ok) = match *self {
+            OptimizerSpec::Sgd { lr, momentum } => (lr, (0.0..1.0).contains(&momentum)),
+            OptimizerSpec::Adam { lr, beta1, beta2, eps } => {
+                (lr, (0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps > 0.0)
+            }
+        };
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(MlError::Config { what: "learning rate", detail: format!("{lr} is not a positive number") });
+        }
+        if !ok {
+            return Err(MlError::Config {
+                what: "optimizer",
+                detail: format!("{self:?}: momentum and betas must lie in [0, 1), ε must be > 0"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An update rule with its state for a parameter vector of fixed length.
+#[derive(Debug, Clone)]
+pub struct Optimizer {
+    spec: OptimizerSpec,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: i32,
+}
+
+impl Optimizer {
+    /// Fresh state (zero moments) for `n` parameters.
+    pub fn new(spec: OptimizerSpec, n: usize) -> Self {
+        let v = if matches!(spec, OptimizerSpec::Adam { .. }) { vec![0.0; n] } else { Vec::new() };
+        Optimizer { spec, m: vec![0.0; n], v, t: 0 }
+    }
+
+    /// The rule.
+    pub fn spec(&self) -> OptimizerSpec {
+        self.spec
+    }
+
+    /// Applies one update with gradient `grad` (the mean over the batch) to `theta`.
+    pub fn step(&mut self, theta: &mut [f32], grad: &[f32]) {
+        self.t = self.t.saturating_add(1);
+        match self.spec {
+            OptimizerSpec::Sgd { lr, momentum } => {
+                for ((p, v), &g) in theta.iter_mut().zip(&mut self.m).zip(grad) {
+                    *v = momentum * *v + g;
+                    *p -= lr * *v;
+                }
+            }
+            OptimizerSpec::Adam { lr, beta1, beta2, eps } => {
+                let c1 = 1.0 - beta1.powi(self.t);
+                let c2 = 1.0 - beta2.powi(self.t);
+                let step = lr * c2.sqrt() / c1;
+                let eps = eps * c2.sqrt();
+                for (((p, m), v), &g) in theta.iter_mut().zip(&mut self.m).zip(&mut self.v).zip(grad) {
+                    *m = beta1 * *m + (1.0 - beta1) * g;
+                    *v = beta2 * *v + (1.0 - beta2) * g * g;
+                    *p -= step * *m / (v.sqrt() + eps);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_rules_minimise_a_quadratic() {
+        for spec in [OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9 }, OptimizerSpec::adam(0.05)] {
+            spec.validate().unwrap();
+            let mut theta = vec![3.0f32, -2.0];
+            let mut opt = Optimizer::new(spec, 2);
+            for _ in 0..500 {
+                let grad = theta.clone();
+                opt.step(&mut theta, &grad);
+            }
+            assert!(theta.iter().all(|v| v.abs() < 1e-2), "{spec:?}: {theta:?}");
+        }
+    }
+
+    #[test]
+    fn bad_hyper_parameters_are_errors() {
+        assert!(OptimizerSpec::Sgd { lr: -1.0, momentum: 0.0 }.validate().is_err());
+        assert!(OptimizerSpec::Sgd { lr: 0.1, momentum: 1.0 }.validate().is_err());
+        assert!(OptimizerSpec::adam(f32::NAN).validate().is_err());
+    }
+}
