@@ -73,6 +73,8 @@ pub struct DemoArgs {
 pub enum TrainCommand {
     /// Least-squares linear regression by full-batch gradient descent on a generated data set.
     Linear(LinearArgs),
+    /// Multilayer perceptron on Fashion-MNIST: model averaging, synchronous SGD or full-batch L-BFGS.
+    Mlp(crate::commands::mlp::MlpArgs),
 }
 
 /// Flags every training command takes.

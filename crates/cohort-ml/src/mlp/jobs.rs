@@ -239,6 +239,8 @@ impl PsgdJob {
         mlp.check_params(state.theta.len())?;
         spec.optimizer.validate()?;
         let optimizer = local.optimizer.get_or_insert_with(|| Optimizer::new(spec.optimizer, mlp.n_params()));
+        // The master may change the learning rate from pass to pass (a schedule); the moments stay.
+        optimizer.set_spec(spec.optimizer);
         let (classes, starts) = local.sampler.prepare(&mlp, shards)?;
         let mut stats = PassStats::default();
         if classes.is_empty() {

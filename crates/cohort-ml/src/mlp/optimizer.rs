@@ -37,6 +37,21 @@ impl OptimizerSpec {
         OptimizerSpec::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
     }
 
+    /// The same rule with learning rate `lr`.
+    pub fn with_lr(self, lr: f32) -> Self {
+        match self {
+            OptimizerSpec::Sgd { momentum, .. } => OptimizerSpec::Sgd { lr, momentum },
+            OptimizerSpec::Adam { beta1, beta2, eps, .. } => OptimizerSpec::Adam { lr, beta1, beta2, eps },
+        }
+    }
+
+    /// The learning rate.
+    pub fn lr(&self) -> f32 {
+        match *self {
+            OptimizerSpec::Sgd { lr, .. } | OptimizerSpec::Adam { lr, .. } => lr,
+        }
+    }
+
     /// Checks the hyper-parameters.
     pub fn validate(&self) -> Result<()> {
         let (lr, ok) = match *self {
@@ -72,6 +87,15 @@ impl Optimizer {
     pub fn new(spec: OptimizerSpec, n: usize) -> Self {
         let v = if matches!(spec, OptimizerSpec::Adam { .. }) { vec![0.0; n] } else { Vec::new() };
         Optimizer { spec, m: vec![0.0; n], v, t: 0 }
+    }
+
+    /// Changes the hyper-parameters (e.g. a learning-rate schedule). The moments are kept when the rule stays the
+    /// same kind and reset otherwise.
+    pub fn set_spec(&mut self, spec: OptimizerSpec) {
+        if std::mem::discriminant(&spec) != std::mem::discriminant(&self.spec) {
+            *self = Optimizer::new(spec, self.m.len());
+        }
+        self.spec = spec;
     }
 
     /// The rule.
