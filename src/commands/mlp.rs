@@ -102,7 +102,7 @@ pub struct MlpArgs {
     /// Optimizer. With `lbfgs`, --iterations sets the number of L-BFGS iterations.
     #[arg(long, value_enum, default_value = "adam")]
     pub optimizer: OptimizerKind,
-    /// Learning rate (default: 0.003 for Adam, 0.05 for SGD).
+    /// Learning rate (default: 0.005 for Adam, 0.05 for SGD).
     #[arg(long)]
     pub lr: Option<f32>,
     /// Learning-rate schedule over the epochs: `constant`, or `cosine` (from --lr down towards 0, set per epoch).
@@ -380,7 +380,7 @@ pub fn train(args: &MlpArgs, data: &MlpData, verbosity: Verbosity) -> Result<Mlp
         bail!("--batch must be at least 1");
     }
     let lr = match args.optimizer {
-        OptimizerKind::Adam => Some(args.lr.unwrap_or(0.003)),
+        OptimizerKind::Adam => Some(args.lr.unwrap_or(0.005)),
         OptimizerKind::Sgd => Some(args.lr.unwrap_or(0.05)),
         OptimizerKind::Lbfgs => None,
     };

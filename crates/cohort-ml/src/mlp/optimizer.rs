@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MlError, Result};
+use crate::kernels::multiversion;
 
 /// An update rule with its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -107,23 +108,41 @@ impl Optimizer {
     pub fn step(&mut self, theta: &mut [f32], grad: &[f32]) {
         self.t = self.t.saturating_add(1);
         match self.spec {
-            OptimizerSpec::Sgd { lr, momentum } => {
-                for ((p, v), &g) in theta.iter_mut().zip(&mut self.m).zip(grad) {
-                    *v = momentum * *v + g;
-                    *p -= lr * *v;
-                }
-            }
+            OptimizerSpec::Sgd { lr, momentum } => sgd_update(theta, &mut self.m, grad, lr, momentum),
             OptimizerSpec::Adam { lr, beta1, beta2, eps } => {
                 let c1 = 1.0 - beta1.powi(self.t);
                 let c2 = 1.0 - beta2.powi(self.t);
                 let step = lr * c2.sqrt() / c1;
                 let eps = eps * c2.sqrt();
-                for (((p, m), v), &g) in theta.iter_mut().zip(&mut self.m).zip(&mut self.v).zip(grad) {
-                    *m = beta1 * *m + (1.0 - beta1) * g;
-                    *v = beta2 * *v + (1.0 - beta2) * g * g;
-                    *p -= step * *m / (v.sqrt() + eps);
-                }
+                adam_update(theta, &mut self.m, &mut self.v, grad, [beta1, beta2, step, eps]);
             }
+        }
+    }
+}
+
+multiversion! {
+    /// `v ← μ v + g; θ ← θ − η v`, vectorised (the slices are cut to the shortest length).
+    fn sgd_update(theta: &mut [f32], v: &mut [f32], grad: &[f32], lr: f32, momentum: f32) {
+        let n = theta.len().min(v.len()).min(grad.len());
+        let (theta, v, grad) = (&mut theta[..n], &mut v[..n], &grad[..n]);
+        for i in 0..n {
+            v[i] = momentum * v[i] + grad[i];
+            theta[i] -= lr * v[i];
+        }
+    }
+}
+
+multiversion! {
+    /// Adam's moment updates and step with `[β₁, β₂, bias-corrected step, bias-corrected ε]`, vectorised.
+    fn adam_update(theta: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], k: [f32; 4]) {
+        let [beta1, beta2, step, eps] = k;
+        let n = theta.len().min(m.len()).min(v.len()).min(grad.len());
+        let (theta, m, v, grad) = (&mut theta[..n], &mut m[..n], &mut v[..n], &grad[..n]);
+        for i in 0..n {
+            let g = grad[i];
+            m[i] = beta1 * m[i] + (1.0 - beta1) * g;
+            v[i] = beta2 * v[i] + (1.0 - beta2) * (g * g);
+            theta[i] -= step * m[i] / (v[i].sqrt() + eps);
         }
     }
 }
