@@ -66,6 +66,15 @@ pub struct DemoArgs {
     /// Write a JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Epochs of training.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Train on the first N rows only (default: all of Fashion-MNIST, or 20 000 generated rows).
+    #[arg(long, value_name = "N")]
+    pub train_rows: Option<usize>,
+    /// Look for Fashion-MNIST only in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Models `cohort train` knows.

@@ -259,7 +259,7 @@ pub fn generated(rows: usize, seed: u64) -> Result<Dataset<f32>> {
     for _ in 0..rows {
         let class = rng.below(10) as usize;
         let (dr, dc) = (rng.below(5) as isize - 2, rng.below(5) as isize - 2);
-        let gain = 0.6 + 0.4 * rng.uniform() as f32;
+        let gain = 0.15 + 0.35 * rng.uniform() as f32;
         for p in 0..SIDE * SIDE {
             let (r, c) = ((p / SIDE) as isize + dr, (p % SIDE) as isize + dc);
             let base = if (0..SIDE as isize).contains(&r) && (0..SIDE as isize).contains(&c) {
@@ -267,7 +267,7 @@ pub fn generated(rows: usize, seed: u64) -> Result<Dataset<f32>> {
             } else {
                 0.0
             };
-            values.push((gain * base + 0.25 * rng.normal() as f32).clamp(0.0, 1.0));
+            values.push((gain * base + 0.5 * rng.normal() as f32).clamp(0.0, 1.0));
         }
         labels.push(class as f32);
     }
