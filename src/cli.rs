@@ -135,6 +135,10 @@ pub enum BenchCommand {
     Overhead(OverheadArgs),
     /// Time to start ssh workers with the binary copied (cold) and cached (warm).
     Bootstrap(BootstrapArgs),
+    /// Weimer's figures: objective vs passes (sequential SGD vs model averaging) and time per pass, CSV + SVG.
+    Psgd(crate::commands::bench_mlp::PsgdArgs),
+    /// The seed's MLP parameter sweep (workers, neurons, hidden layers, epochs) relative to a baseline.
+    Sweep(crate::commands::bench_mlp::SweepArgs),
 }
 
 /// Arguments of `cohort bench bootstrap`.

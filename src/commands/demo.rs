@@ -5,8 +5,8 @@
 use anyhow::Result;
 use cohort::data::loaders::{find_named_in, named::FASHION_MNIST, search_dirs};
 
-use super::mlp::{self, MlpArgs, OptimizerKind, Schedule, SyncMode, Verbosity};
-use crate::cli::{CommonArgs, DemoArgs};
+use super::mlp::{self, MlpArgs, Verbosity};
+use crate::cli::DemoArgs;
 
 /// Rows of the generated stand-in when Fashion-MNIST is absent.
 const GENERATED_ROWS: usize = 20_000;
@@ -30,34 +30,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "cohort demo: a 784-32-10 multilayer perceptron, parallel SGD with model averaging once per epoch, {} epochs",
         args.epochs
     );
-    let mlp_args = MlpArgs {
-        dataset: dataset.into(),
-        data_dir: args.data_dir,
-        raw_pixels: false,
-        layers: None,
-        hidden: 32,
-        depth: 1,
-        epochs: args.epochs,
-        batch: 64,
-        optimizer: OptimizerKind::Adam,
-        lr: None,
-        schedule: Schedule::Cosine,
-        momentum: 0.9,
-        sync: SyncMode::Avg,
-        avg_every: 0,
-        lambda: 0.0,
-        train_rows,
-        test_rows,
-        plot: None,
-        common: CommonArgs {
-            workers: args.workers,
-            launch: args.launch,
-            iterations: 100,
-            seed: 42,
-            report: args.report,
-            chunks: None,
-        },
-    };
+    let epochs = args.epochs.to_string();
+    let mut mlp_args = MlpArgs::parse_from(&["--dataset", dataset, "--epochs", &epochs])?;
+    mlp_args.data_dir = args.data_dir;
+    mlp_args.train_rows = train_rows;
+    mlp_args.test_rows = test_rows;
+    mlp_args.common.workers = args.workers;
+    mlp_args.common.launch = args.launch;
+    mlp_args.common.report = args.report;
     let data = mlp::load_data(dataset, mlp_args.data_dir.as_deref(), train_rows, test_rows, 42, false)?;
     mlp::train(&mlp_args, &data, Verbosity::Full)?;
     Ok(())

@@ -134,6 +134,17 @@ pub struct MlpArgs {
     pub common: CommonArgs,
 }
 
+impl MlpArgs {
+    /// The arguments of `cohort train mlp ARGS…` (every flag not given takes its default), for commands that
+    /// train the MLP on their own terms (`demo`, `bench sweep`).
+    pub fn parse_from(args: &[&str]) -> Result<MlpArgs> {
+        use clap::FromArgMatches;
+        let cmd = <MlpArgs as Args>::augment_args(clap::Command::new("mlp"));
+        let matches = cmd.try_get_matches_from(std::iter::once("mlp").chain(args.iter().copied()))?;
+        Ok(MlpArgs::from_arg_matches(&matches)?)
+    }
+}
+
 /// Training and test data, and where they came from.
 pub struct MlpData {
     /// Training rows.

@@ -1,6 +1,7 @@
 //! What each command does. `run` dispatches a parsed command line.
 
 pub mod bench;
+pub mod bench_mlp;
 pub mod demo;
 pub mod mlp;
 pub mod train;
