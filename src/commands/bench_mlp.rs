@@ -39,6 +39,9 @@ pub struct PsgdArgs {
     /// Adam learning rate (constant: the figure compares the averaging, not a schedule).
     #[arg(long, default_value_t = 0.002)]
     pub lr: f32,
+    /// Average every K mini-batches (0: once per pass).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub avg_every: usize,
     /// Seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -67,11 +70,12 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
         layers: model.layers().to_vec(),
         optimizer: OptimizerSpec::adam(args.lr),
         batch: args.batch,
-        steps: 0,
+        steps: args.avg_every,
     };
     println!(
-        "parallel SGD with model averaging once per pass: MLP {:?}, Adam lr {} (constant), batch {}, {} ({} rows); \
+        "parallel SGD with model averaging (every {} mini-batches; 0 = once per pass): MLP {:?}, Adam lr {} (constant), batch {}, {} ({} rows); \
          objective = mean training loss of the averaged model on all rows",
+        args.avg_every,
         model.layers(),
         args.lr,
         args.batch,
@@ -94,11 +98,16 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
         let (mut objective, mut seconds) = (Vec::new(), Vec::new());
         for pass in 1..=args.passes {
             let t = Instant::now();
-            state = cluster.pass(&PsgdJob, &session, &state, &h)?;
-            let dt = t.elapsed().as_secs_f64();
-            if let Some(e) = state.error.take() {
-                bail!("{n} workers, pass {pass}: {e}");
+            // One pass over the data: one round, or rounds of K mini-batches until every row was seen once.
+            let mut seen = 0;
+            while seen < data.train.rows() as u64 {
+                state = cluster.pass(&PsgdJob, &session, &state, &h)?;
+                if let Some(e) = state.error.take() {
+                    bail!("{n} workers, pass {pass}: {e}");
+                }
+                seen += state.stats.seen.max(1);
             }
+            let dt = t.elapsed().as_secs_f64();
             let loss = model.evaluate(&state.theta, &train)?.loss;
             let test = model.evaluate(&state.theta, &data.test.as_shard())?.accuracy;
             csv.push_str(&format!("{n},{pass},{loss},{test},{dt}\n"));
@@ -123,15 +132,21 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
         println!();
     }
     if let Some((_, seq, _)) = curves.iter().find(|(n, ..)| *n == 1) {
-        let target = seq[args.passes - 1];
-        println!("\npasses to reach the sequential objective after {} passes ({target:.4}):", args.passes);
-        for (n, obj, _) in curves.iter().filter(|(n, ..)| *n != 1) {
-            match obj.iter().position(|&v| v <= target) {
-                Some(p) => println!("  {n} workers: {} passes ({:+})", p + 1, p as i64 + 1 - args.passes as i64),
-                None => {
-                    println!("  {n} workers: not within {} passes (reached {:.4})", args.passes, obj[args.passes - 1])
+        println!("\nextra passes model averaging needs to reach the sequential objective after p passes ('-': not within {})", args.passes);
+        print!("{:>5}  {:>10}", "p", "objective");
+        for (n, ..) in curves.iter().filter(|(n, ..)| *n != 1) {
+            print!("  {:>8}", format!("avg {n}"));
+        }
+        println!();
+        for (p, &target) in seq.iter().enumerate() {
+            print!("{:>5}  {target:>10.4}", p + 1);
+            for (_, obj, _) in curves.iter().filter(|(n, ..)| *n != 1) {
+                match obj.iter().position(|&v| v <= target) {
+                    Some(q) => print!("  {:>+8}", q as i64 - p as i64),
+                    None => print!("  {:>8}", "-"),
                 }
             }
+            println!();
         }
     }
     println!("\ntime per pass");

@@ -8,6 +8,8 @@
 //! number of workers. [`FullBatch::finish`] divides by the row count and adds the L2 term `(λ/2)‖W‖²` (biases are
 //! not decayed).
 
+use std::cell::RefCell;
+
 use cohort::wire::WireError;
 use cohort::{MapReduce, Payload, Shard};
 
@@ -35,22 +37,31 @@ impl FullBatch {
     pub fn partial(&self, theta: &[f64], shard: &Shard<'_, f32>) -> Result<Partial> {
         self.mlp.check_params(theta.len())?;
         let classes = self.mlp.classes_of(shard)?;
-        let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
-        let mut grad = vec![0.0f32; theta.len()];
-        let mut ws = Workspace::default();
-        let d = self.mlp.inputs();
-        let mut loss = 0.0;
-        for start in (0..classes.len()).step_by(EVAL_BLOCK) {
-            let nb = EVAL_BLOCK.min(classes.len() - start);
-            let x = &shard.values[start * d..(start + nb) * d];
-            loss += self.mlp.batch_grad(&theta32, x, &classes[start..start + nb], &mut ws, &mut grad, 1.0)?.0;
+        // A worker maps chunk after chunk: keep the buffers (a few hundred kB) instead of allocating per chunk.
+        thread_local! {
+            static BUFFERS: RefCell<(Vec<f32>, Vec<f32>, Workspace)> = RefCell::default();
         }
-        let mut out = Partial::zeros(0);
-        out.count = classes.len() as u64;
-        out.sums.reserve(1 + grad.len());
-        out.sums.push(loss);
-        out.sums.extend(grad.iter().map(|&g| f64::from(g)));
-        Ok(out)
+        BUFFERS.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let (theta32, grad, ws) = &mut *guard;
+            theta32.clear();
+            theta32.extend(theta.iter().map(|&v| v as f32));
+            grad.clear();
+            grad.resize(theta.len(), 0.0);
+            let d = self.mlp.inputs();
+            let mut loss = 0.0;
+            for start in (0..classes.len()).step_by(EVAL_BLOCK) {
+                let nb = EVAL_BLOCK.min(classes.len() - start);
+                let x = &shard.values[start * d..(start + nb) * d];
+                loss += self.mlp.batch_grad(theta32, x, &classes[start..start + nb], ws, grad, 1.0)?.0;
+            }
+            let mut out = Partial::zeros(0);
+            out.count = classes.len() as u64;
+            out.sums.reserve(1 + grad.len());
+            out.sums.push(loss);
+            out.sums.extend(grad.iter().map(|&g| f64::from(g)));
+            Ok(out)
+        })
     }
 
     /// Cost and gradient at `theta` from the reduced partial of all chunks.

@@ -291,7 +291,8 @@ impl Workspace {
         }
         let rows = rows.max(self.rows);
         self.acts = mlp.layers[1..].iter().map(|&n| vec![0.0; rows * n]).collect();
-        let widest = mlp.layers[..depth].iter().copied().max().unwrap_or(0);
+        // `back` holds `delta · W_l` for layers l ≥ 1 only: the input layer's delta is never formed.
+        let widest = mlp.layers[1..depth].iter().copied().max().unwrap_or(0);
         self.back = vec![0.0; rows * widest];
         self.rows = rows;
     }
