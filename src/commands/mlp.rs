@@ -377,7 +377,7 @@ pub fn resolve_layers(args: &MlpArgs, data: &Dataset<f32>) -> Result<Mlp> {
     if layers.first() != Some(&data.cols()) {
         bail!("--layers starts with {:?} inputs but the data has {} values per row", layers.first(), data.cols());
     }
-    Ok(Mlp::new(&layers).context("--layers")?)
+    Mlp::new(&layers).context("--layers")
 }
 
 /// Trains as `args` says on `data` with a fresh cluster and evaluates on the test set.
