@@ -21,7 +21,7 @@ use cohort::rng::Rng;
 use cohort::Shard;
 
 use crate::error::{MlError, Result};
-use crate::kernels::{matmul_f32, view, view_mut, Accum};
+use crate::kernels::{matmul_f32, multiversion, view, view_mut, Accum};
 
 /// Rows per block when evaluating (forward only) or computing full-batch gradients.
 pub const EVAL_BLOCK: usize = 256;
@@ -336,6 +336,7 @@ fn column_sums(delta: &[f32], sums: &mut [f32], scale: f32) {
 fn softmax_delta(z: &mut [f32], y: &[u32], k: usize) -> (f64, usize) {
     let mut loss = 0.0f64;
     let mut correct = 0;
+    // Shift every row by its maximum, then exponentiate the whole block in one vectorised sweep.
     for (row, &label) in z.chunks_exact_mut(k).zip(y) {
         let mut best = 0;
         for c in 1..k {
@@ -345,13 +346,15 @@ fn softmax_delta(z: &mut [f32], y: &[u32], k: usize) -> (f64, usize) {
         }
         correct += usize::from(best == label as usize);
         let max = row[best];
-        let zy = row[label as usize] - max;
-        let mut total = 0.0f32;
         for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            total += *v;
+            *v -= max;
         }
-        loss += f64::from(total.ln()) - f64::from(zy);
+        loss -= f64::from(row[label as usize]);
+    }
+    exp_f32(z);
+    for (row, &label) in z.chunks_exact_mut(k).zip(y) {
+        let total: f32 = row.iter().sum();
+        loss += f64::from(total.ln());
         let inv = 1.0 / total;
         for v in row.iter_mut() {
             *v *= inv;
@@ -359,6 +362,15 @@ fn softmax_delta(z: &mut [f32], y: &[u32], k: usize) -> (f64, usize) {
         row[label as usize] -= 1.0;
     }
     (loss, correct)
+}
+
+multiversion! {
+    /// `e^v` for every value, through the vectorised `f64` [`exp`](crate::kernels::exp) (exact to `f32` rounding).
+    fn exp_f32(values: &mut [f32]) {
+        for v in values.iter_mut() {
+            *v = crate::kernels::exp(f64::from(*v)) as f32;
+        }
+    }
 }
 
 #[cfg(test)]
