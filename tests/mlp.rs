@@ -168,3 +168,28 @@ fn bad_mlp_arguments_are_one_line_errors() {
         "apt-get install dataset-fashion-mnist",
     );
 }
+
+#[test]
+fn sweep_and_psgd_benchmarks_print_their_tables() {
+    let out = run_cohort(&["bench", "sweep", "--quick", "--dataset", "generated", "--train-rows", "600"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for table in ["workers", "neurons per layer", "hidden layers", "epochs"] {
+        assert!(stdout.lines().any(|l| l == table), "no {table} table: {stdout}");
+    }
+    assert!(stdout.contains("loss %") && stdout.contains("accuracy %") && stdout.contains("time %"), "{stdout}");
+    // The baseline row of each table is the baseline itself.
+    assert!(stdout.contains("       1     100.0       100.0     100.0"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["bench", "psgd", "--dataset", "generated", "--train-rows", "600", "--passes", "2", "--workers", "1,2"];
+    let out = run_cohort(&[&args[..], &["--out", dir.path().to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("sequential") && stdout.contains("avg 2") && stdout.contains("time per pass"), "{stdout}");
+    let csv = std::fs::read_to_string(dir.path().join("psgd_objective.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 2, "{csv}");
+    for f in ["psgd_time.csv", "psgd_objective.svg", "psgd_time.svg"] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+}

@@ -161,7 +161,8 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
         time_points.push((*n as f64, mean));
     }
 
-    let mut chart = Chart::new("Objective vs passes (model averaging)", "passes", "training loss");
+    let mut chart = Chart::new("Objective vs passes (model averaging)", "passes", "training loss (log scale)");
+    chart.log_y = true;
     for (n, obj, _) in &curves {
         let name = if *n == 1 { "sequential SGD".to_string() } else { format!("averaging, {n} workers") };
         let mut pts = vec![(0.0, start)];
