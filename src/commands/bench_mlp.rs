@@ -36,9 +36,15 @@ pub struct PsgdArgs {
     /// Mini-batch rows.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Adam learning rate (constant: the figure compares the averaging, not a schedule).
+    /// Update rule on each worker: `adam` or `sgd` (with momentum 0.9).
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    /// Learning rate (constant: the figure compares the averaging, not a schedule).
     #[arg(long, default_value_t = 0.002)]
     pub lr: f32,
+    /// Multiply the learning rate by the number of workers for model averaging (the linear scaling rule).
+    #[arg(long)]
+    pub scale_lr: bool,
     /// Average every K mini-batches (0: once per pass).
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub avg_every: usize,
@@ -66,18 +72,25 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
     if model.inputs() != data.train.cols() {
         bail!("--layers starts with {} inputs but the data has {} values per row", model.inputs(), data.train.cols());
     }
+    let rule = |lr: f32| match args.optimizer.as_str() {
+        "adam" => Ok(OptimizerSpec::adam(lr)),
+        "sgd" => Ok(OptimizerSpec::Sgd { lr, momentum: 0.9 }),
+        other => bail!("--optimizer {other:?}: use adam or sgd"),
+    };
     let spec = TrainSpec {
         layers: model.layers().to_vec(),
-        optimizer: OptimizerSpec::adam(args.lr),
+        optimizer: rule(args.lr)?,
         batch: args.batch,
         steps: args.avg_every,
     };
     println!(
-        "parallel SGD with model averaging (every {} mini-batches; 0 = once per pass): MLP {:?}, Adam lr {} (constant), batch {}, {} ({} rows); \
+        "parallel SGD with model averaging (every {} mini-batches; 0 = once per pass): MLP {:?}, {} lr {} (constant{}), batch {}, {} ({} rows); \
          objective = mean training loss of the averaged model on all rows",
         args.avg_every,
         model.layers(),
+        args.optimizer,
         args.lr,
+        if args.scale_lr { ", × workers" } else { "" },
         args.batch,
         data.source,
         data.train.rows()
@@ -94,7 +107,12 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
                 .with_context(|| format!("starting {n} local workers"))?;
         let h = cluster.load(&data.train)?;
         let session = cluster.open_session(args.seed);
-        let mut state = PsgdState::new(spec.clone(), model.init(args.seed));
+        let mut spec = spec.clone();
+        if args.scale_lr {
+            spec.optimizer = rule(args.lr * n as f32)?;
+        }
+        spec.optimizer.validate()?;
+        let mut state = PsgdState::new(spec, model.init(args.seed));
         let (mut objective, mut seconds) = (Vec::new(), Vec::new());
         for pass in 1..=args.passes {
             let t = Instant::now();
