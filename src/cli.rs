@@ -66,6 +66,15 @@ pub struct DemoArgs {
     /// Write a JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Epochs of training.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Train on the first N rows only (default: all of Fashion-MNIST, or 20 000 generated rows).
+    #[arg(long, value_name = "N")]
+    pub train_rows: Option<usize>,
+    /// Look for Fashion-MNIST only in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Models `cohort train` knows.
@@ -73,6 +82,8 @@ pub struct DemoArgs {
 pub enum TrainCommand {
     /// Least-squares linear regression by full-batch gradient descent on a generated data set.
     Linear(LinearArgs),
+    /// Multilayer perceptron on Fashion-MNIST: model averaging, synchronous SGD or full-batch L-BFGS.
+    Mlp(crate::commands::mlp::MlpArgs),
 }
 
 /// Flags every training command takes.
@@ -124,6 +135,10 @@ pub enum BenchCommand {
     Overhead(OverheadArgs),
     /// Time to start ssh workers with the binary copied (cold) and cached (warm).
     Bootstrap(BootstrapArgs),
+    /// Weimer's figures: objective vs passes (sequential SGD vs model averaging) and time per pass, CSV + SVG.
+    Psgd(crate::commands::bench_mlp::PsgdArgs),
+    /// The seed's MLP parameter sweep (workers, neurons, hidden layers, epochs) relative to a baseline.
+    Sweep(crate::commands::bench_mlp::SweepArgs),
 }
 
 /// Arguments of `cohort bench bootstrap`.

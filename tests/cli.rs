@@ -34,11 +34,28 @@ fn bad_training_arguments_are_errors() {
 }
 
 #[test]
-fn demo_runs_offline_on_local_workers() {
-    let out = run_cohort(&["demo", "--workers", "local:2"]);
+fn demo_without_the_data_set_says_how_to_install_it_and_trains_on_generated_data() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().to_str().unwrap();
+    let out = run_cohort(&["demo", "--workers", "local:2", "--data-dir", dir, "--epochs", "1", "--train-rows", "2000"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("apt-get install dataset-fashion-mnist"), "{stdout}");
+    assert!(stdout.contains("on generated") && stdout.contains("test evaluation"), "{stdout}");
     assert!(stdout.contains("model sha256"), "{stdout}");
+}
+
+#[test]
+fn demo_trains_on_fashion_mnist_when_it_is_installed() {
+    if cohort::data::loaders::find_named("fashion-mnist").is_err() {
+        eprintln!("skipped: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)");
+        return;
+    }
+    let out = run_cohort(&["demo", "--workers", "local:2", "--epochs", "1", "--train-rows", "2000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("on fashion-mnist") && stdout.contains("test evaluation"), "{stdout}");
+    assert!(!stdout.contains("not installed"), "{stdout}");
 }
 
 #[test]

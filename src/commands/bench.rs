@@ -14,6 +14,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Overhead(args) => overhead(args),
         BenchCommand::Bootstrap(args) => bootstrap(args),
+        BenchCommand::Psgd(args) => super::bench_mlp::psgd(args),
+        BenchCommand::Sweep(args) => super::bench_mlp::sweep(args),
     }
 }
 

@@ -1,25 +1,44 @@
-//! `cohort demo`: the first command a newcomer runs. Offline, local worker processes, a real training job.
+//! `cohort demo`: the first command a newcomer runs. Trains the MLP (784-32-10) on Fashion-MNIST with local worker
+//! processes and model averaging, for a few epochs with a progress bar. Without the data set it says how to install
+//! it and trains on a generated stand-in instead, so the command always works offline.
 
 use anyhow::Result;
+use cohort::data::loaders::{find_named_in, named::FASHION_MNIST, search_dirs};
 
-use crate::cli::{CommonArgs, DemoArgs, LinearArgs};
+use super::mlp::{self, MlpArgs, Verbosity};
+use crate::cli::DemoArgs;
 
-/// Trains linear regression on a generated data set with local workers.
+/// Rows of the generated stand-in when Fashion-MNIST is absent.
+const GENERATED_ROWS: usize = 20_000;
+
+/// Trains the MLP on Fashion-MNIST (or generated data) with local workers.
 pub fn run(args: DemoArgs) -> Result<()> {
-    println!("cohort demo: gradient descent on 200 000 generated rows, one map-reduce round per iteration");
-    let linear = LinearArgs {
-        rows: 200_000,
-        features: 32,
-        lr: 0.5,
-        common: CommonArgs {
-            workers: args.workers,
-            launch: args.launch,
-            iterations: 60,
-            seed: 42,
-            report: args.report,
-            chunks: None,
-        },
+    let dirs = args.data_dir.clone().map_or_else(|| search_dirs(FASHION_MNIST), |d| vec![d]);
+    let (dataset, train_rows, test_rows) = match find_named_in(FASHION_MNIST, &dirs) {
+        Ok(_) => (FASHION_MNIST, args.train_rows, None),
+        Err(e) => {
+            println!("cohort demo: Fashion-MNIST is not installed.\n{e}");
+            println!("Falling back to a generated data set of 28×28 images in 10 classes.\n");
+            (
+                "generated",
+                Some(args.train_rows.unwrap_or(GENERATED_ROWS)),
+                Some(args.train_rows.unwrap_or(GENERATED_ROWS).div_ceil(4)),
+            )
+        }
     };
-    super::train::linear(linear)?;
+    println!(
+        "cohort demo: a 784-32-10 multilayer perceptron, parallel SGD with model averaging once per epoch, {} epochs",
+        args.epochs
+    );
+    let epochs = args.epochs.to_string();
+    let mut mlp_args = MlpArgs::parse_from(&["--dataset", dataset, "--epochs", &epochs])?;
+    mlp_args.data_dir = args.data_dir;
+    mlp_args.train_rows = train_rows;
+    mlp_args.test_rows = test_rows;
+    mlp_args.common.workers = args.workers;
+    mlp_args.common.launch = args.launch;
+    mlp_args.common.report = args.report;
+    let data = mlp::load_data(dataset, mlp_args.data_dir.as_deref(), train_rows, test_rows, 42, false)?;
+    mlp::train(&mlp_args, &data, Verbosity::Full)?;
     Ok(())
 }

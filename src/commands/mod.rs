@@ -1,7 +1,9 @@
 //! What each command does. `run` dispatches a parsed command line.
 
 pub mod bench;
+pub mod bench_mlp;
 pub mod demo;
+pub mod mlp;
 pub mod train;
 
 use std::time::Duration;
@@ -16,6 +18,7 @@ pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Train(TrainCommand::Linear(args)) => train::linear(args).map(|_| ()),
+        Command::Train(TrainCommand::Mlp(args)) => mlp::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Worker => cohort::worker::serve_stdio(registry).context("worker mode"),
     }

@@ -13,4 +13,7 @@ pub fn registry() -> Registry {
         .map_reduce(diag::Sum)
         .map_reduce(diag::Fault)
         .multipass(diag::PassProbe)
+        .map_reduce(cohort_ml::mlp::full_batch::MlpCostGrad)
+        .multipass(cohort_ml::mlp::jobs::PsgdJob)
+        .multipass(cohort_ml::mlp::jobs::BspJob)
 }

@@ -32,7 +32,7 @@ pub fn view<T>(values: &[T], rows: usize, cols: usize) -> Result<MatRef<'_, T>> 
 }
 
 /// Borrows a mutable row-major slice of `rows × cols` values as a matrix (no copy).
-pub fn view_mut(values: &mut [f64], rows: usize, cols: usize) -> Result<MatMut<'_, f64>> {
+pub fn view_mut<T>(values: &mut [T], rows: usize, cols: usize) -> Result<MatMut<'_, T>> {
     check_len(values.len(), rows, cols, cols)?;
     Ok(MatMut::from_row_major_slice_mut(values, rows, cols))
 }
@@ -79,6 +79,30 @@ pub fn matmul(dst: MatMut<'_, f64>, accum: Accum, lhs: MatRef<'_, f64>, rhs: Mat
         )));
     }
     faer_matmul(dst, accum, lhs, rhs, 1.0, faer::Par::Seq);
+    Ok(())
+}
+
+/// `dst = alpha · lhs · rhs` (`Accum::Replace`) or `dst += alpha · lhs · rhs` (`Accum::Add`) in `f32`,
+/// single-threaded: the mini-batch products of the MLP.
+pub fn matmul_f32(
+    dst: MatMut<'_, f32>,
+    accum: Accum,
+    lhs: MatRef<'_, f32>,
+    rhs: MatRef<'_, f32>,
+    alpha: f32,
+) -> Result<()> {
+    if lhs.ncols() != rhs.nrows() || dst.nrows() != lhs.nrows() || dst.ncols() != rhs.ncols() {
+        return Err(MlError::Shape(format!(
+            "{}×{} = {}×{} · {}×{}",
+            dst.nrows(),
+            dst.ncols(),
+            lhs.nrows(),
+            lhs.ncols(),
+            rhs.nrows(),
+            rhs.ncols()
+        )));
+    }
+    faer_matmul(dst, accum, lhs, rhs, alpha, faer::Par::Seq);
     Ok(())
 }
 

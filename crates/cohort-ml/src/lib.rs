@@ -8,6 +8,8 @@
 //! - [`sae`]: the UFLDL sparse autoencoder; its exact cost and gradient take **one** map-reduce round
 //!   ([`sae::SaeJob`], `"sae.cost_grad"`), see the module docs for how the sparsity term is handled.
 //! - [`softmax`]: multinomial logistic regression with L2 decay ([`softmax::SoftmaxJob`], `"softmax.cost_grad"`).
+//! - [`mlp`]: a multilayer perceptron (ReLU, softmax cross-entropy, `f32`), trained by parallel SGD with model
+//!   averaging or synchronous SGD ([`mlp::jobs`], multipass jobs) or by full-batch L-BFGS ([`mlp::full_batch`]).
 //! - [`kernels`]: single-threaded faer products on row-major slices and a vectorised `exp`/sigmoid.
 //! - [`Partial`]: the per-chunk sums every model's job returns.
 //!
@@ -63,6 +65,7 @@
 
 mod error;
 pub mod kernels;
+pub mod mlp;
 pub mod optim;
 pub mod partial;
 pub mod sae;
