@@ -14,6 +14,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Overhead(args) => overhead(args),
         BenchCommand::Bootstrap(args) => bootstrap(args),
+        BenchCommand::Qjam(args) => super::qjam::run(args),
     }
 }
 

@@ -13,4 +13,6 @@ pub fn registry() -> Registry {
         .map_reduce(diag::Sum)
         .map_reduce(diag::Fault)
         .multipass(diag::PassProbe)
+        .map_reduce(cohort_ml::sae::SaeJob)
+        .map_reduce(cohort_ml::softmax::SoftmaxJob)
 }
