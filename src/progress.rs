@@ -39,7 +39,7 @@ impl Progress {
                 bar.set_message(status.to_string());
             }
             None => {
-                if i == 0 || (i + 1) % self.every == 0 || i + 1 == self.total {
+                if i == 0 || (i + 1).is_multiple_of(self.every) || i + 1 == self.total {
                     eprintln!("{} {}/{} {status}", self.label, i + 1, self.total);
                 }
             }

@@ -247,7 +247,7 @@ fn n_sums(visible: usize, hidden: usize) -> usize {
 }
 
 fn rows_of(len: usize, visible: usize) -> Result<usize> {
-    if len % visible != 0 {
+    if !len.is_multiple_of(visible) {
         return Err(MlError::Length {
             what: "patch buffer",
             expected: len.next_multiple_of(visible),
@@ -543,7 +543,7 @@ pub fn sample_patches<T: Copy + Into<f64>>(
             }),
         });
     }
-    if images.is_empty() || images.len() % pixels != 0 {
+    if images.is_empty() || !images.len().is_multiple_of(pixels) {
         return Err(MlError::Length {
             what: "image buffer",
             expected: pixels * (images.len() / pixels).max(1),

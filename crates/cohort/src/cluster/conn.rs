@@ -61,13 +61,14 @@ impl Conn {
         let rcounters = Arc::clone(&counters);
         let revents = events.clone();
         std::thread::Builder::new().name(format!("cohort-w{id}-read")).spawn(move || {
+            // Every read counts as a sign of life, so a large frame that takes long to arrive is not a stall.
+            let reader = Touch { inner: reader, seen: Arc::clone(&seen), epoch };
             let mut reader = BufReader::with_capacity(256 * 1024, reader);
             let mut limit = MAX_HANDSHAKE_FRAME;
             loop {
                 let kind = match read_frame(&mut reader, limit) {
                     Ok(Some(frame)) => {
                         limit = MAX_FRAME;
-                        seen.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
                         rcounters.received.fetch_add(frame.wire_len as u64, Ordering::Relaxed);
                         EventKind::Frame(frame)
                     }
@@ -106,6 +107,23 @@ impl Conn {
     /// Closes the outgoing side once queued frames are written (the worker then sees end of input).
     pub fn close(&mut self) {
         self.tx = None;
+    }
+}
+
+/// A reader that records the time of every successful read.
+struct Touch<R> {
+    inner: R,
+    seen: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<R: Read> Read for Touch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.seen.store(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        Ok(n)
     }
 }
 

@@ -166,7 +166,7 @@ impl<T: Element> Dataset<T> {
         if cols == 0 || values.is_empty() {
             return Err(DataError::Empty { rows: values.len().checked_div(cols).unwrap_or(0), cols });
         }
-        if values.len() % cols != 0 {
+        if !values.len().is_multiple_of(cols) {
             return Err(DataError::Shape { len: values.len(), cols });
         }
         if let Some(i) = values.iter().position(|v| !v.finite()) {

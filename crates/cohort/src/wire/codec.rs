@@ -111,7 +111,7 @@ scalar!(f32, f64, u8, u16, u32, u64, i32, i64);
 /// Decodes a little-endian byte buffer into a vector of scalars (length = `bytes.len() / size_of::<T>()`).
 pub fn scalars_from_le<T: Scalar + Default>(bytes: &[u8]) -> Result<Vec<T>, WireError> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(WireError::Malformed(format!("{} bytes is not a whole number of {size}-byte values", bytes.len())));
     }
     let mut v = vec![T::default(); bytes.len() / size];
