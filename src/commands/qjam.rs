@@ -148,7 +148,7 @@ pub fn run(args: QjamArgs) -> Result<()> {
 }
 
 /// The 1-worker cell of the same patch count.
-fn baseline<'a>(cells: &'a [Cell], patches: usize) -> Option<&'a Cell> {
+fn baseline(cells: &[Cell], patches: usize) -> Option<&Cell> {
     cells.iter().find(|c| c.patches == patches && c.workers == 1)
 }
 
@@ -278,7 +278,7 @@ pub fn chart(cells: &[Cell]) -> Chart {
 }
 
 fn label(n: usize) -> String {
-    if n >= 1000 && n % 1000 == 0 {
+    if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()

@@ -262,7 +262,7 @@ pub fn softmax(args: SoftmaxArgs) -> Result<TrainReport> {
 fn classes_of(data: &Dataset<f32>) -> Result<usize> {
     let labels = data.labels().context("the data set has no labels; softmax regression needs class labels")?;
     let max = labels.iter().fold(0.0f32, |m, &l| m.max(l));
-    if !(max.is_finite() && max >= 0.0 && max < 1e6) {
+    if !(0.0..1e6).contains(&max) {
         bail!("labels must be class indices 0, 1, 2, ...; found {max}");
     }
     Ok((max as usize + 1).max(2))

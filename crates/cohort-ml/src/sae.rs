@@ -581,7 +581,7 @@ pub fn sample_patches<T: Copy + Into<f64>>(
 /// each patch's own mean, truncate to ±3 sample standard deviations of all centred values, and map `[-1, 1]` to
 /// `[0.1, 0.9]`. For patches cut by other means, e.g. from images of different sizes.
 pub fn normalize_patches(out: &mut [f64], size: usize) -> Result<()> {
-    if size == 0 || out.len() % size != 0 {
+    if size == 0 || !out.len().is_multiple_of(size) {
         return Err(MlError::Length {
             what: "patch buffer",
             expected: out.len().next_multiple_of(size.max(1)),
