@@ -207,6 +207,10 @@ pub struct QjamArgs {
     /// L-BFGS iterations per cell.
     #[arg(long, default_value_t = 20)]
     pub iterations: usize,
+    /// Runs of each cell; the fastest (by mean iteration time) is kept, so that a burst of other load on the
+    /// machine does not decide the table.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
     /// Hidden units.
     #[arg(long, default_value_t = 25)]
     pub hidden: usize,

@@ -214,6 +214,8 @@ fn bench_qjam_writes_csv_and_svg_and_trains_one_model() {
     let out = ok(&[
         "bench",
         "qjam",
+        "--repeat",
+        "1",
         "--workers",
         "1,2",
         "--patches",

@@ -3,7 +3,8 @@
 //! iteration times, with a CSV table and an SVG chart.
 //!
 //! Each cell starts its own cluster, loads the patches and runs the same number of L-BFGS iterations from the same
-//! start. Runs are deterministic, so every cell of a column performs the same evaluations and trains the same
+//! start; it is run `--repeat` times (default 3) and the fastest run kept, since on a shared machine a burst of other
+//! work can only make a run slower. Runs are deterministic, so every cell of a column performs the same evaluations and trains the same
 //! model: the table checks that too (`model_sha256` equal across worker counts).
 
 use std::fmt::Write as _;
@@ -88,8 +89,8 @@ fn parse_list(flag: &str, text: &str) -> Result<Vec<usize>> {
 pub fn run(args: QjamArgs) -> Result<()> {
     let workers = parse_list("workers", &args.workers)?;
     let sizes = parse_list("patches", &args.patches)?;
-    if args.iterations == 0 {
-        bail!("--iterations must be at least 1");
+    if args.iterations == 0 || args.repeat == 0 {
+        bail!("--iterations and --repeat must be at least 1");
     }
     let config = SaeConfig::with_hidden(args.hidden);
     config.validate()?;
@@ -108,34 +109,20 @@ pub fn run(args: QjamArgs) -> Result<()> {
         source = from;
         let data = Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(n, args.chunks))?;
         for &w in &workers {
-            eprint!("bench qjam: {n} patches, {w} workers ... ");
-            let started = Instant::now();
-            let mut cluster = super::builder(vec![WorkerSpec::Local { count: w }], &launch)?
-                .start()
-                .with_context(|| format!("starting {w} local workers"))?;
-            let startup = started.elapsed();
-            let handle = cluster.load(&data)?;
-            let run = lbfgs::train_sae(&mut cluster, &handle, &config, args.iterations, args.seed, None)?;
-            let total = started.elapsed();
-            cluster.shutdown();
-            let r = &run.result;
-            eprintln!("{:.2} ms per iteration", run.mean_iteration_seconds() * 1e3);
-            cells.push(Cell {
-                workers: w,
-                patches: n,
-                chunks: handle.chunks(),
-                iterations: r.iterations,
-                evaluations: r.evaluations,
-                iteration: run.mean_iteration_seconds(),
-                evaluation: run.mean_evaluation_seconds(),
-                total: total.as_secs_f64(),
-                startup: startup.as_secs_f64(),
-                cost: r.cost,
-                model_sha256: cohort::sha256_le(&r.x),
-            });
+            eprint!("bench qjam: {n} patches, {w} workers:");
+            let mut best: Option<Cell> = None;
+            for _ in 0..args.repeat {
+                let cell = measure(&data, w, &config, &args, &launch)?;
+                eprint!(" {:.2} ms", cell.iteration * 1e3);
+                if best.as_ref().is_none_or(|b| cell.iteration < b.iteration) {
+                    best = Some(cell);
+                }
+            }
+            eprintln!(" per iteration");
+            cells.extend(best);
         }
     }
-    print!("{}", table(&cells, &config, &source));
+    print!("{}", table(&cells, &config, &source, args.repeat));
     if let Some(path) = &args.csv {
         std::fs::write(path, csv(&cells)).with_context(|| format!("cannot write {}", path.display()))?;
         println!("csv: {}", path.display());
@@ -145,6 +132,39 @@ pub fn run(args: QjamArgs) -> Result<()> {
         println!("svg: {}", path.display());
     }
     Ok(())
+}
+
+/// One run of one cell: start `workers` local workers, load `data`, run the L-BFGS iterations.
+fn measure(
+    data: &Dataset<f64>,
+    workers: usize,
+    config: &SaeConfig,
+    args: &QjamArgs,
+    launch: &LaunchArgs,
+) -> Result<Cell> {
+    let started = Instant::now();
+    let mut cluster = super::builder(vec![WorkerSpec::Local { count: workers }], launch)?
+        .start()
+        .with_context(|| format!("starting {workers} local workers"))?;
+    let startup = started.elapsed();
+    let handle = cluster.load(data)?;
+    let run = lbfgs::train_sae(&mut cluster, &handle, config, args.iterations, args.seed, None)?;
+    let total = started.elapsed();
+    cluster.shutdown();
+    let r = &run.result;
+    Ok(Cell {
+        workers,
+        patches: data.rows(),
+        chunks: handle.chunks(),
+        iterations: r.iterations,
+        evaluations: r.evaluations,
+        iteration: run.mean_iteration_seconds(),
+        evaluation: run.mean_evaluation_seconds(),
+        total: total.as_secs_f64(),
+        startup: startup.as_secs_f64(),
+        cost: r.cost,
+        model_sha256: cohort::sha256_le(&r.x),
+    })
 }
 
 /// The 1-worker cell of the same patch count.
@@ -165,12 +185,13 @@ fn ms(s: f64) -> String {
 }
 
 /// The printed tables: Table 1 (iteration mean time, qjam's beside) and Table 2 (total time, ratio to 1 worker).
-pub fn table(cells: &[Cell], config: &SaeConfig, source: &str) -> String {
+pub fn table(cells: &[Cell], config: &SaeConfig, source: &str, repeat: usize) -> String {
     let mut out = String::new();
     let iterations = cells.first().map_or(0, |c| c.iterations);
     let _ = writeln!(
         out,
-        "\nqjam benchmark: sparse autoencoder {}-{}-{}, L-BFGS, {iterations} iterations, patches from {source}\n",
+        "\nqjam benchmark: sparse autoencoder {}-{}-{}, L-BFGS, {iterations} iterations, patches from {source}; \
+         fastest of {repeat} runs per cell\n",
         config.visible, config.hidden, config.visible
     );
     let _ = writeln!(out, "Table 1: iteration mean time (ratio to 1 worker); qjam's published time beside");
