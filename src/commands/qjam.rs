@@ -3,8 +3,8 @@
 //! iteration times, with a CSV table and an SVG chart.
 //!
 //! Each cell starts its own cluster, loads the patches and runs the same number of L-BFGS iterations from the same
-//! start; it is run `--repeat` times (default 3) and the fastest run kept, since on a shared machine a burst of other
-//! work can only make a run slower. Runs are deterministic, so every cell of a column performs the same evaluations and trains the same
+//! start. The grid is run `--repeat` times (default 3) and each cell's fastest run kept, since on a shared machine a
+//! burst of other work can only make a run slower. Runs are deterministic, so every cell of a column performs the same evaluations and trains the same
 //! model: the table checks that too (`model_sha256` equal across worker counts).
 
 use std::fmt::Write as _;
@@ -102,26 +102,34 @@ pub fn run(args: QjamArgs) -> Result<()> {
         connect_timeout: 10.0,
         heartbeat_timeout: args.heartbeat_timeout,
     };
-    let mut cells = Vec::new();
     let mut source = String::new();
+    let mut datasets = Vec::new();
     for &n in &sizes {
         let (values, from) = patches::sample(args.images.as_deref(), Split::Train, n, args.seed)?;
         source = from;
-        let data = Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(n, args.chunks))?;
-        for &w in &workers {
-            eprint!("bench qjam: {n} patches, {w} workers:");
-            let mut best: Option<Cell> = None;
-            for _ in 0..args.repeat {
-                let cell = measure(&data, w, &config, &args, &launch)?;
-                eprint!(" {:.2} ms", cell.iteration * 1e3);
-                if best.as_ref().is_none_or(|b| cell.iteration < b.iteration) {
-                    best = Some(cell);
+        datasets.push(Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(n, args.chunks))?);
+    }
+    // Whole passes over the grid, so that the repeats of one cell are spread over the run rather than all caught
+    // in the same burst of other load.
+    let mut best: Vec<Option<Cell>> = vec![None; sizes.len() * workers.len()];
+    for pass in 1..=args.repeat {
+        for (i, data) in datasets.iter().enumerate() {
+            for (j, &w) in workers.iter().enumerate() {
+                let cell = measure(data, w, &config, &args, &launch)?;
+                eprintln!(
+                    "bench qjam: pass {pass}/{}: {} patches, {w} workers: {:.2} ms per iteration",
+                    args.repeat,
+                    data.rows(),
+                    cell.iteration * 1e3
+                );
+                let slot = &mut best[i * workers.len() + j];
+                if slot.as_ref().is_none_or(|b| cell.iteration < b.iteration) {
+                    *slot = Some(cell);
                 }
             }
-            eprintln!(" per iteration");
-            cells.extend(best);
         }
     }
+    let cells: Vec<Cell> = best.into_iter().flatten().collect();
     print!("{}", table(&cells, &config, &source, args.repeat));
     if let Some(path) = &args.csv {
         std::fs::write(path, csv(&cells)).with_context(|| format!("cannot write {}", path.display()))?;
