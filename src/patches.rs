@@ -15,6 +15,12 @@ use cohort_ml::sae::{normalize_patches, sample_patches};
 /// Side of a patch: 8×8 = 64 visible units, as in UFLDL and qjam.
 pub const PATCH: usize = 8;
 
+/// The most patches cut at once: 10 million patches are 5.1 GB of `f64`.
+pub const MAX_PATCHES: usize = 10_000_000;
+
+/// The most hidden units the commands accept (4 096 × 64 weights per layer is already far past UFLDL's 25).
+pub const MAX_HIDDEN: usize = 4096;
+
 /// One grayscale image, pixels in `[0, 1]`, row-major.
 #[derive(Debug, Clone)]
 pub struct GrayImage {
@@ -31,8 +37,8 @@ pub struct GrayImage {
 /// Cuts `n` normalised patches (`PATCH²` values each) from `images` (a directory of PNG/JPEG files) or, without
 /// it, from the given split of Fashion-MNIST. Returns the patches and a description of their source.
 pub fn sample(images: Option<&Path>, split: Split, n: usize, seed: u64) -> Result<(Vec<f64>, String)> {
-    if n == 0 {
-        bail!("--patches must be at least 1");
+    if n == 0 || n > MAX_PATCHES {
+        bail!("--patches must be in 1..={MAX_PATCHES} (got {n})");
     }
     match images {
         None => {

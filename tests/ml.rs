@@ -201,6 +201,8 @@ fn bad_sae_inputs_are_errors() {
     std::fs::write(dir.path().join("x.png"), b"not a png").unwrap();
     fails_with(&["train", "sae", "--images", d, "--workers", "local:1"], "x.png");
     fails_with(&["train", "sae", "--patches", "0"], "--patches and --hidden must be at least 1");
+    fails_with(&["train", "sae", "--patches", "100000000000"], "--patches must be in 1..=10000000");
+    fails_with(&["train", "sae", "--hidden", "1000000000"], "--hidden must be at most 4096");
     fails_with(&["train", "softmax", "--dataset", "mnist-digits"], "unknown data set");
     fails_with(&["train", "softmax", "--lambda=-1"], "--lambda must be");
     fails_with(&["bench", "qjam", "--workers", "1,x"], "--workers: \"x\" is not a positive count");

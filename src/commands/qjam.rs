@@ -92,6 +92,9 @@ pub fn run(args: QjamArgs) -> Result<()> {
     if args.iterations == 0 || args.repeat == 0 {
         bail!("--iterations and --repeat must be at least 1");
     }
+    if args.hidden == 0 || args.hidden > patches::MAX_HIDDEN {
+        bail!("--hidden must be in 1..={} (got {})", patches::MAX_HIDDEN, args.hidden);
+    }
     let config = SaeConfig::with_hidden(args.hidden);
     config.validate()?;
     let launch = LaunchArgs {

@@ -154,6 +154,9 @@ pub fn sae(args: SaeArgs) -> Result<TrainReport> {
     if args.patches == 0 || args.hidden == 0 {
         bail!("--patches and --hidden must be at least 1 (got {} and {})", args.patches, args.hidden);
     }
+    if args.hidden > patches::MAX_HIDDEN {
+        bail!("--hidden must be at most {} (got {})", patches::MAX_HIDDEN, args.hidden);
+    }
     let config = SaeConfig::with_hidden(args.hidden);
     config.validate()?;
     let (values, source) = patches::sample(args.images.as_deref(), Split::Train, args.patches, c.seed)?;
