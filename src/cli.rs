@@ -24,6 +24,8 @@ pub enum Command {
     /// Run a benchmark and print a table.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Evaluate a model saved with `--save-model` on a data set.
+    Eval(EvalArgs),
     /// Serve a master over stdin/stdout (started by cohort itself).
     #[command(hide = true)]
     Worker,
@@ -84,6 +86,10 @@ pub enum TrainCommand {
     Linear(LinearArgs),
     /// Multilayer perceptron on Fashion-MNIST: model averaging, synchronous SGD or full-batch L-BFGS.
     Mlp(crate::commands::mlp::MlpArgs),
+    /// Sparse autoencoder (UFLDL) on random 8×8 image patches by distributed L-BFGS.
+    Sae(SaeArgs),
+    /// Softmax regression with L2 decay on a named data set by distributed L-BFGS.
+    Softmax(SoftmaxArgs),
 }
 
 /// Flags every training command takes.
@@ -128,6 +134,67 @@ pub struct LinearArgs {
     pub common: CommonArgs,
 }
 
+/// Arguments of `cohort train sae`.
+#[derive(Debug, Args)]
+pub struct SaeArgs {
+    /// Number of random 8×8 patches to train on.
+    #[arg(long, default_value_t = 10_000)]
+    pub patches: usize,
+    /// Hidden units.
+    #[arg(long, default_value_t = 25)]
+    pub hidden: usize,
+    /// Cut the patches from the PNG/JPEG files in this directory (converted to grayscale) instead of the
+    /// Fashion-MNIST training images.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Save the trained model here (for `cohort eval`).
+    #[arg(long, value_name = "PATH")]
+    pub save_model: Option<PathBuf>,
+    /// Flags shared by every training command.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Arguments of `cohort train softmax`.
+#[derive(Debug, Args)]
+pub struct SoftmaxArgs {
+    /// Named data set (train split for training, test split for the test accuracy).
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// Train on the first N rows of the training split only (default: all).
+    #[arg(long, value_name = "N")]
+    pub train_rows: Option<usize>,
+    /// L2 weight decay λ on the weights.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lambda: f64,
+    /// Save the trained model here (for `cohort eval`).
+    #[arg(long, value_name = "PATH")]
+    pub save_model: Option<PathBuf>,
+    /// Flags shared by every training command.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Arguments of `cohort eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A model file written by `--save-model`.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Named data set to evaluate on.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// Which split: `test` or `train`.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Sparse autoencoders: number of patches cut from the split's images to measure the cost on.
+    #[arg(long, default_value_t = 10_000)]
+    pub patches: usize,
+    /// Sparse autoencoders: seed of the patch sampling.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -139,6 +206,47 @@ pub enum BenchCommand {
     Psgd(crate::commands::bench_mlp::PsgdArgs),
     /// The seed's MLP parameter sweep (workers, neurons, hidden layers, epochs) relative to a baseline.
     Sweep(crate::commands::bench_mlp::SweepArgs),
+    /// qjam's sparse-autoencoder benchmark (its Tables 1 and 2): L-BFGS time per worker count and patch count.
+    Qjam(QjamArgs),
+}
+
+/// Arguments of `cohort bench qjam`.
+#[derive(Debug, Args)]
+pub struct QjamArgs {
+    /// Worker counts (each cell starts its own `local:N` cluster).
+    #[arg(long, default_value = "1,2,4,8,16")]
+    pub workers: String,
+    /// Patch counts (data set sizes).
+    #[arg(long, default_value = "1000,10000,100000")]
+    pub patches: String,
+    /// L-BFGS iterations per cell.
+    #[arg(long, default_value_t = 20)]
+    pub iterations: usize,
+    /// Runs of each cell; the fastest (by mean iteration time) is kept, so that a burst of other load on the
+    /// machine does not decide the table.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Hidden units.
+    #[arg(long, default_value_t = 25)]
+    pub hidden: usize,
+    /// Chunks per data set (default: the `cohort train sae` default, 64, so that up to 64 workers have work).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Cut the patches from the PNG/JPEG files in this directory instead of Fashion-MNIST.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Seed for patch sampling and initialisation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also write the table as CSV here.
+    #[arg(long, value_name = "PATH")]
+    pub csv: Option<PathBuf>,
+    /// Also draw mean iteration time against workers (one line per patch count, qjam's beside) as SVG here.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
+    /// Seconds a worker may stay silent before it is declared stalled.
+    #[arg(long, default_value_t = 20.0)]
+    pub heartbeat_timeout: f64,
 }
 
 /// Arguments of `cohort bench bootstrap`.

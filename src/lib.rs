@@ -1,4 +1,4 @@
-//! The `cohort` command: `demo`, `train`, `bench` and the hidden `worker` mode.
+//! The `cohort` command: `demo`, `train`, `eval`, `bench` and the hidden `worker` mode.
 //!
 //! The binary is a thin shell over this library so integration tests can drive the same jobs from a test master
 //! while the workers run the real `cohort` executable.
@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod jobs;
 pub mod model_file;
+pub mod patches;
 pub mod plot;
 pub mod progress;
 pub mod report;

@@ -75,11 +75,11 @@ pub fn load(path: &Path) -> Result<(ModelHeader, Params)> {
         "f64" => 8,
         other => bail!("{p}: unknown parameter type {other:?}"),
     };
-    if body.len() != header.count * size {
+    if header.count.checked_mul(size) != Some(body.len()) {
         bail!(
             "{p}: {} parameter bytes, expected {} ({} × {}); the file is truncated or corrupt",
             body.len(),
-            header.count * size,
+            header.count.saturating_mul(size),
             header.count,
             header.elem
         );

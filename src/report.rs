@@ -42,6 +42,21 @@ pub struct TrainReport {
     pub model_sha256: String,
     /// Protocol version in use.
     pub protocol_version: u32,
+    /// L-BFGS jobs: objective evaluations (one distributed cost+gradient round each).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluations: Option<usize>,
+    /// L-BFGS jobs: mean seconds of one evaluation (the round plus finishing cost and gradient on the master).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_evaluation_seconds: Option<f64>,
+    /// Why the optimizer stopped, for optimizers with several stopping criteria.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// Classifiers: accuracy on the training rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_accuracy: Option<f64>,
+    /// Classifiers: accuracy on the test split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f64>,
 }
 
 /// Writes `value` as pretty JSON to `path`.

@@ -16,6 +16,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Bootstrap(args) => bootstrap(args),
         BenchCommand::Psgd(args) => super::bench_mlp::psgd(args),
         BenchCommand::Sweep(args) => super::bench_mlp::sweep(args),
+        BenchCommand::Qjam(args) => super::qjam::run(args),
     }
 }
 

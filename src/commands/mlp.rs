@@ -475,6 +475,12 @@ pub fn train(args: &MlpArgs, data: &MlpData, verbosity: Verbosity) -> Result<Mlp
             bytes_received: stats.bytes_received,
             model_sha256: cohort::sha256_le(&run.theta),
             protocol_version: cohort::wire::PROTOCOL_VERSION,
+            // The MLP report carries its own test figures below; L-BFGS counts are in `iterations`.
+            evaluations: None,
+            mean_evaluation_seconds: None,
+            stop_reason: None,
+            train_accuracy: None,
+            test_accuracy: None,
         },
         dataset: data.source.clone(),
         layers: mlp.layers().to_vec(),

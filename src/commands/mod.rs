@@ -3,13 +3,17 @@
 pub mod bench;
 pub mod bench_mlp;
 pub mod demo;
+pub mod eval;
+pub mod lbfgs;
 pub mod mlp;
+pub mod qjam;
 pub mod train;
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cohort::{Cluster, ClusterBuilder, DataChannel, Registry, WorkerSpec};
+use cohort::data::loaders::{load_fashion_mnist, named::FASHION_MNIST, Split};
+use cohort::{Cluster, ClusterBuilder, DataChannel, Dataset, Registry, WorkerSpec};
 
 use crate::cli::{Cli, Command, LaunchArgs, TrainCommand};
 
@@ -19,7 +23,10 @@ pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Train(TrainCommand::Linear(args)) => train::linear(args).map(|_| ()),
         Command::Train(TrainCommand::Mlp(args)) => mlp::run(args),
+        Command::Train(TrainCommand::Sae(args)) => train::sae(args).map(|_| ()),
+        Command::Train(TrainCommand::Softmax(args)) => train::softmax(args).map(|_| ()),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Eval(args) => eval::run(args),
         Command::Worker => cohort::worker::serve_stdio(registry).context("worker mode"),
     }
 }
@@ -86,4 +93,12 @@ pub fn start_cluster(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Clus
     let (specs, shown) = worker_specs(workers, launch)?;
     let cluster = builder(specs, launch)?.start().with_context(|| format!("starting workers {shown}"))?;
     Ok((cluster, shown))
+}
+
+/// Loads a split of a named data set (`fashion-mnist`).
+pub fn named_dataset(name: &str, split: Split) -> Result<Dataset<f32>> {
+    match name {
+        FASHION_MNIST => Ok(load_fashion_mnist(split)?),
+        other => anyhow::bail!("unknown data set {other:?}; cohort knows: {FASHION_MNIST}"),
+    }
 }

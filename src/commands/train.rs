@@ -2,13 +2,30 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use cohort::data::loaders::Split;
+use cohort::Dataset;
+use cohort_ml::sae::SaeConfig;
+use cohort_ml::softmax::SoftmaxConfig;
 
-use super::start_cluster;
-use crate::cli::LinearArgs;
+use super::lbfgs::{self, TimedRun};
+use super::{named_dataset, start_cluster};
+use crate::cli::{CommonArgs, LinearArgs, SaeArgs, SoftmaxArgs};
 use crate::jobs::linear::{self, LinearGradient};
+use crate::model_file::{self, Params};
+use crate::patches::{self, PATCH};
 use crate::progress::Progress;
 use crate::report::{write_json, TrainReport};
+
+/// Default chunk count of a patch data set: 64 (or one per patch below that). Enough for qjam's 16 workers (and up
+/// to 64), while each chunk's fixed cost — a 40 kB partial to allocate, add and send — stays far below its work;
+/// see the README's measurements.
+pub const SAE_CHUNKS: usize = 64;
+
+/// The chunk count for `rows` patches: `--chunks`, or [`SAE_CHUNKS`] clamped to the row count.
+pub fn sae_chunks(rows: usize, chunks: Option<usize>) -> usize {
+    chunks.unwrap_or(SAE_CHUNKS.min(rows.max(1)))
+}
 
 /// `cohort train linear`: full-batch gradient descent, one map-reduce round per iteration.
 pub fn linear(args: LinearArgs) -> Result<TrainReport> {
@@ -71,6 +88,11 @@ pub fn linear(args: LinearArgs) -> Result<TrainReport> {
         bytes_received: stats.bytes_received,
         model_sha256: cohort::sha256_le(&params),
         protocol_version: cohort::wire::PROTOCOL_VERSION,
+        evaluations: None,
+        mean_evaluation_seconds: None,
+        stop_reason: None,
+        train_accuracy: None,
+        test_accuracy: None,
     };
     println!(
         "linear regression: {} rows × {} features, {} workers ({}), {} chunks",
@@ -82,6 +104,181 @@ pub fn linear(args: LinearArgs) -> Result<TrainReport> {
         println!("  report            {}", path.display());
     }
     Ok(report)
+}
+
+/// The report of an L-BFGS run; the caller fills in accuracies.
+#[allow(clippy::too_many_arguments)]
+fn lbfgs_report(
+    job: &str,
+    c: &CommonArgs,
+    worker_spec: String,
+    stats: cohort::Stats,
+    chunks: usize,
+    rows: usize,
+    run: &TimedRun,
+    startup: Duration,
+    load: Duration,
+    wall: Duration,
+) -> TrainReport {
+    let r = &run.result;
+    TrainReport {
+        job: job.into(),
+        worker_spec,
+        workers: stats.workers,
+        chunks,
+        rows,
+        seed: c.seed,
+        iterations: r.iterations,
+        final_loss: r.cost,
+        loss_history: r.history.iter().map(|h| h.cost).collect(),
+        wall_seconds: wall.as_secs_f64(),
+        startup_seconds: startup.as_secs_f64(),
+        load_seconds: load.as_secs_f64(),
+        mean_iteration_seconds: run.mean_iteration_seconds(),
+        bytes_sent: stats.bytes_sent,
+        bytes_received: stats.bytes_received,
+        model_sha256: cohort::sha256_le(&r.x),
+        protocol_version: cohort::wire::PROTOCOL_VERSION,
+        evaluations: Some(r.evaluations),
+        mean_evaluation_seconds: Some(run.mean_evaluation_seconds()),
+        stop_reason: Some(r.stop.to_string()),
+        train_accuracy: None,
+        test_accuracy: None,
+    }
+}
+
+/// `cohort train sae`: the UFLDL sparse autoencoder on random 8×8 patches, one map-reduce round per L-BFGS
+/// evaluation.
+pub fn sae(args: SaeArgs) -> Result<TrainReport> {
+    let c = &args.common;
+    if args.patches == 0 || args.hidden == 0 {
+        bail!("--patches and --hidden must be at least 1 (got {} and {})", args.patches, args.hidden);
+    }
+    if args.hidden > patches::MAX_HIDDEN {
+        bail!("--hidden must be at most {} (got {})", patches::MAX_HIDDEN, args.hidden);
+    }
+    let config = SaeConfig::with_hidden(args.hidden);
+    config.validate()?;
+    let (values, source) = patches::sample(args.images.as_deref(), Split::Train, args.patches, c.seed)?;
+    let data = Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(args.patches, c.chunks))?;
+
+    let started = Instant::now();
+    let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), &c.launch)?;
+    let startup = started.elapsed();
+    let handle = cluster.load(&data)?;
+    let load = started.elapsed() - startup;
+    let run = lbfgs::train_sae(&mut cluster, &handle, &config, c.iterations, c.seed, Some("sae"))?;
+    let wall = started.elapsed();
+    let stats = cluster.stats();
+    cluster.shutdown();
+
+    let report = lbfgs_report("sae", c, worker_spec, stats, handle.chunks(), args.patches, &run, startup, load, wall);
+    println!(
+        "sparse autoencoder: {} patches of {PATCH}×{PATCH} from {source}, {} hidden units, {} workers ({}), {} chunks",
+        args.patches, args.hidden, report.workers, report.worker_spec, report.chunks
+    );
+    print_summary(&report);
+    print_lbfgs(&report);
+    if let Some(path) = &args.save_model {
+        let meta = serde_json::json!({
+            "visible": config.visible, "hidden": config.hidden, "lambda": config.lambda,
+            "rho": config.rho, "beta": config.beta, "patch": PATCH,
+        });
+        model_file::save(path, "sae", meta, &Params::F64(run.result.x.clone()))?;
+        println!("  model             {}", path.display());
+    }
+    if let Some(path) = &c.report {
+        write_json(path, &report)?;
+        println!("  report            {}", path.display());
+    }
+    Ok(report)
+}
+
+/// `cohort train softmax`: softmax regression with L2 decay on a named data set's training split, one map-reduce
+/// round per L-BFGS evaluation; reports train and test accuracy.
+pub fn softmax(args: SoftmaxArgs) -> Result<TrainReport> {
+    let c = &args.common;
+    if !(args.lambda >= 0.0 && args.lambda.is_finite()) {
+        bail!("--lambda must be a finite number ≥ 0, got {}", args.lambda);
+    }
+    let mut train = named_dataset(&args.dataset, Split::Train)?;
+    if let Some(n) = args.train_rows {
+        if n == 0 || n > train.rows() {
+            bail!("--train-rows must be in 1..={} for {}, got {n}", train.rows(), args.dataset);
+        }
+        let labels = train.labels().context("training split without labels")?[..n].to_vec();
+        train = Dataset::new(train.values()[..n * train.cols()].to_vec(), train.cols())?.with_labels(labels)?;
+    }
+    if let Some(chunks) = c.chunks {
+        train = train.with_chunks(chunks)?;
+    }
+    let test = named_dataset(&args.dataset, Split::Test)?;
+    let classes = classes_of(&train)?;
+    let config = SoftmaxConfig::new(classes, train.cols(), args.lambda);
+    config.validate()?;
+
+    let started = Instant::now();
+    let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), &c.launch)?;
+    let startup = started.elapsed();
+    let handle = cluster.load(&train)?;
+    let load = started.elapsed() - startup;
+    let run = lbfgs::train_softmax(&mut cluster, &handle, &config, c.iterations, Some("softmax"))?;
+    let wall = started.elapsed();
+    let stats = cluster.stats();
+    cluster.shutdown();
+
+    let theta = &run.result.x;
+    let mut report =
+        lbfgs_report("softmax", c, worker_spec, stats, handle.chunks(), train.rows(), &run, startup, load, wall);
+    report.train_accuracy = Some(config.accuracy(theta, &train.as_shard())?);
+    report.test_accuracy = Some(config.accuracy(theta, &test.as_shard())?);
+    println!(
+        "softmax regression: {} ({} training rows × {} features, {} classes, λ = {}), {} workers ({}), {} chunks",
+        args.dataset,
+        train.rows(),
+        train.cols(),
+        classes,
+        args.lambda,
+        report.workers,
+        report.worker_spec,
+        report.chunks
+    );
+    print_summary(&report);
+    print_lbfgs(&report);
+    println!("  train accuracy    {:.4}", report.train_accuracy.unwrap_or(f64::NAN));
+    println!("  test accuracy     {:.4} ({} test rows)", report.test_accuracy.unwrap_or(f64::NAN), test.rows());
+    if let Some(path) = &args.save_model {
+        let meta = serde_json::json!({
+            "classes": classes, "features": train.cols(), "lambda": args.lambda, "dataset": args.dataset,
+        });
+        model_file::save(path, "softmax", meta, &Params::F64(theta.clone()))?;
+        println!("  model             {}", path.display());
+    }
+    if let Some(path) = &c.report {
+        write_json(path, &report)?;
+        println!("  report            {}", path.display());
+    }
+    Ok(report)
+}
+
+/// Number of classes of a labelled data set: one more than the largest label (at least 2).
+fn classes_of(data: &Dataset<f32>) -> Result<usize> {
+    let labels = data.labels().context("the data set has no labels; softmax regression needs class labels")?;
+    let max = labels.iter().fold(0.0f32, |m, &l| m.max(l));
+    if !(0.0..1e6).contains(&max) {
+        bail!("labels must be class indices 0, 1, 2, ...; found {max}");
+    }
+    Ok((max as usize + 1).max(2))
+}
+
+/// The optimizer lines of an L-BFGS summary.
+fn print_lbfgs(r: &TrainReport) {
+    if let (Some(n), Some(t)) = (r.evaluations, r.mean_evaluation_seconds) {
+        println!("  evaluations       {n} (one round each), mean {:.2} ms", t * 1e3);
+    }
+    if let Some(stop) = &r.stop_reason {
+        println!("  stopped           {stop}");
+    }
 }
 
 /// Prints the closing summary shared by training commands.

@@ -16,4 +16,6 @@ pub fn registry() -> Registry {
         .map_reduce(cohort_ml::mlp::full_batch::MlpCostGrad)
         .multipass(cohort_ml::mlp::jobs::PsgdJob)
         .multipass(cohort_ml::mlp::jobs::BspJob)
+        .map_reduce(cohort_ml::sae::SaeJob)
+        .map_reduce(cohort_ml::softmax::SoftmaxJob)
 }

@@ -568,12 +568,31 @@ pub fn sample_patches<T: Copy + Into<f64>>(
         let image = rng.below(n_images as u64) as usize;
         let top = rng.below((image_rows - patch + 1) as u64) as usize;
         let left = rng.below((image_cols - patch + 1) as u64) as usize;
-        let start = out.len();
         for r in top..top + patch {
             let row = image * pixels + r * image_cols + left;
             out.extend(images[row..row + patch].iter().map(|&p| p.into()));
         }
-        let values = &mut out[start..];
+    }
+    normalize_patches(&mut out, size)?;
+    Ok(out)
+}
+
+/// Normalises raw patches (`size` values each, one after another) in place as [`sample_patches`] does: subtract
+/// each patch's own mean, truncate to ±3 sample standard deviations of all centred values, and map `[-1, 1]` to
+/// `[0.1, 0.9]`. For patches cut by other means, e.g. from images of different sizes.
+pub fn normalize_patches(out: &mut [f64], size: usize) -> Result<()> {
+    if size == 0 || !out.len().is_multiple_of(size) {
+        return Err(MlError::Length {
+            what: "patch buffer",
+            expected: out.len().next_multiple_of(size.max(1)),
+            got: out.len(),
+            hint: "its length must be a whole number of patches of `size` values",
+        });
+    }
+    if out.is_empty() {
+        return Err(MlError::Empty("normalize_patches"));
+    }
+    for values in out.chunks_exact_mut(size) {
         let mean = values.iter().sum::<f64>() / size as f64;
         values.iter_mut().for_each(|x| *x -= mean);
     }
@@ -582,12 +601,12 @@ pub fn sample_patches<T: Copy + Into<f64>>(
     let mean = out.iter().sum::<f64>() / n;
     let var = if out.len() > 1 { out.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0) } else { 0.0 };
     let limit = 3.0 * var.sqrt();
-    for x in &mut out {
+    for x in out.iter_mut() {
         // Constant patches centre to 0, and 0 maps to 0.5; avoid 0/0 when every patch is constant.
         let t = if limit > 0.0 { x.clamp(-limit, limit) / limit } else { 0.0 };
         *x = (t + 1.0) * 0.4 + 0.1;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
