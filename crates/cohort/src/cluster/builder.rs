@@ -143,7 +143,7 @@ impl ClusterBuilder {
     /// it again (what `cohort bench bootstrap` measures as a cold start). Returns how many copies were removed.
     pub fn clear_remote_cache(&self) -> Result<usize> {
         let binary = match &self.remote_binary.clone().or_else(|| self.program.clone()) {
-            Some(p) => crate::wire::file_sha256(p),
+            Some(p) => crate::wire::binary_sha256(p),
             None => crate::wire::own_binary_sha256(),
         }
         .map_err(|e| Error::Launch { worker: "workers".into(), reason: e.to_string() })?;
@@ -172,7 +172,7 @@ impl ClusterBuilder {
             None => std::env::current_exe().map_err(|e| launch_err(format!("cannot find own executable: {e}")))?,
         };
         let program_hash = match &self.program {
-            Some(p) => crate::wire::file_sha256(p)
+            Some(p) => crate::wire::binary_sha256(p)
                 .map_err(|e| launch_err(format!("cannot read worker program {}: {e}", p.display())))?,
             None => crate::wire::own_binary_sha256().map_err(|e| launch_err(e.to_string()))?,
         };
@@ -193,7 +193,7 @@ impl ClusterBuilder {
         if !remote.is_empty() {
             let binary = self.remote_binary.clone().unwrap_or_else(|| program.clone());
             let binary_hash = match &self.remote_binary {
-                Some(p) => crate::wire::file_sha256(p)
+                Some(p) => crate::wire::binary_sha256(p)
                     .map_err(|e| launch_err(format!("cannot read --worker-binary {}: {e}", p.display())))?,
                 None => program_hash,
             };

@@ -60,7 +60,46 @@ pub fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
     Ok(hasher.finalize().into())
 }
 
-/// SHA-256 of the running executable, computed once per process.
+/// SHA-256 of an executable, remembered in `$XDG_CACHE_HOME/cohort/sha256/` (or `~/.cache/...`) under the file's
+/// device, inode, size and modification time, so that starting many workers does not hash a large binary once per
+/// process. Any change to the file changes the key; an unusable cache directory only means hashing again.
+pub fn binary_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    let key = format!(
+        "{:x}-{:x}-{:x}-{}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+    );
+    let dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|c| c.join("cohort").join("sha256"));
+    if let Some(dir) = &dir {
+        if let Ok(text) = std::fs::read_to_string(dir.join(&key)) {
+            if let Ok(bytes) = hex::decode(text.trim()) {
+                if let Ok(hash) = <[u8; 32]>::try_from(bytes) {
+                    return Ok(hash);
+                }
+            }
+        }
+    }
+    let hash = file_sha256(path)?;
+    if let Some(dir) = &dir {
+        // Write-then-rename so concurrent workers never read a half-written entry; failures are harmless.
+        let tmp = dir.join(format!("{key}.tmp.{}", std::process::id()));
+        let _ = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, hex::encode(hash)))
+            .and_then(|_| std::fs::rename(&tmp, dir.join(&key)));
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(hash)
+}
+
+/// SHA-256 of the running executable, computed once per process (and cached across processes, see
+/// [`binary_sha256`]).
 ///
 /// On Linux it reads `/proc/self/exe`, which stays readable even if the file was replaced after start.
 pub fn own_binary_sha256() -> std::io::Result<[u8; 32]> {
@@ -72,8 +111,27 @@ pub fn own_binary_sha256() -> std::io::Result<[u8; 32]> {
         } else {
             std::env::current_exe().map_err(|e| e.to_string())?
         };
-        file_sha256(&path).map_err(|e| format!("cannot hash own executable {}: {e}", path.display()))
+        binary_sha256(&path).map_err(|e| format!("cannot hash own executable {}: {e}", path.display()))
     })
     .clone()
     .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_binary_hash_follows_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bin");
+        std::fs::write(&f, b"one").unwrap();
+        let first = binary_sha256(&f).unwrap();
+        assert_eq!(first, file_sha256(&f).unwrap());
+        assert_eq!(binary_sha256(&f).unwrap(), first, "second call answers from the cache");
+        // A new file (new inode and size) gets a new entry.
+        std::fs::remove_file(&f).unwrap();
+        std::fs::write(&f, b"two!").unwrap();
+        assert_eq!(binary_sha256(&f).unwrap(), file_sha256(&f).unwrap());
+    }
 }
