@@ -189,9 +189,12 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
 fn ticks(lo: f64, hi: f64, log: bool, base: f64) -> Vec<(f64, String)> {
     if log {
         let (a, b) = (lo.floor() as i32, hi.ceil() as i32);
+        // Over a narrow range, label 2× and 5× of each decade too (for base 10), so the axis is readable.
+        let steps: &[f64] = if base == 10.0 && hi - lo <= 2.0 { &[1.0, 2.0, 5.0] } else { &[1.0] };
         return (a..=b)
-            .filter(|&e| (e as f64) >= lo - 1e-9 && (e as f64) <= hi + 1e-9)
-            .map(|e| (e as f64, short(base.powi(e))))
+            .flat_map(|e| steps.iter().map(move |m| m * base.powi(e)))
+            .map(|v| (v.log(base), short(v)))
+            .filter(|&(t, _)| t >= lo - 1e-9 && t <= hi + 1e-9)
             .collect();
     }
     let raw = (hi - lo) / 6.0;
