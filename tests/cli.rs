@@ -6,14 +6,6 @@ use std::process::Command;
 
 use common::*;
 
-fn fails_with(args: &[&str], needle: &str) {
-    let out = run_cohort(args);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(needle), "{args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-}
-
 #[test]
 fn malformed_worker_specs_are_one_line_errors() {
     fails_with(&["train", "linear", "--workers", "local:0"], "invalid worker spec \"local:0\"");

@@ -37,14 +37,6 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn fails_with(args: &[&str], needle: &str) {
-    let out = run_cohort(args);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(needle), "{args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-}
-
 #[test]
 fn sae_model_sha256_is_the_same_for_1_2_3_workers() {
     let dir = tempfile::tempdir().unwrap();

@@ -142,14 +142,6 @@ fn mlp_beats_chance_on_a_small_real_subset() {
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
 }
 
-fn fails_with(args: &[&str], needle: &str) {
-    let out = run_cohort(args);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(needle), "{args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-}
-
 #[test]
 fn bad_mlp_arguments_are_one_line_errors() {
     let base =

@@ -32,6 +32,15 @@ pub fn run_cohort(args: &[&str]) -> Output {
     Command::new(cohort_bin()).args(args).output().expect("cohort runs")
 }
 
+/// Runs `cohort` with `args` and checks it fails with a message containing `needle`, without panicking.
+pub fn fails_with(args: &[&str], needle: &str) {
+    let out = run_cohort(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+}
+
 /// Whether process `pid` still exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
