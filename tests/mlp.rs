@@ -26,7 +26,7 @@ fn blobs(rows: usize) -> Dataset<f32> {
 }
 
 fn spec(steps: usize) -> TrainSpec {
-    TrainSpec { layers: vec![12, 8, 3], optimizer: OptimizerSpec::adam(0.01), batch: 16, steps }
+    TrainSpec { layers: vec![12, 8, 3], optimizer: OptimizerSpec::adam(0.01), batch: 16, steps, block_momentum: 0.0 }
 }
 
 #[test]

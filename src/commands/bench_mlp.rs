@@ -48,6 +48,9 @@ pub struct PsgdArgs {
     /// Average every K mini-batches (0: once per pass).
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub avg_every: usize,
+    /// Block momentum of the average: 0 (plain model averaging), a value in [0, 1), or `auto` for 1 − 1/N.
+    #[arg(long, default_value = "0", value_name = "MU")]
+    pub block_momentum: String,
     /// Seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -82,6 +85,7 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
         optimizer: rule(args.lr)?,
         batch: args.batch,
         steps: args.avg_every,
+        block_momentum: 0.0,
     };
     println!(
         "parallel SGD with model averaging (every {} mini-batches; 0 = once per pass): MLP {:?}, {} lr {} (constant{}), batch {}, {} ({} rows); \
@@ -111,6 +115,7 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
         if args.scale_lr {
             spec.optimizer = rule(args.lr * n as f32)?;
         }
+        spec.block_momentum = block_momentum(&args.block_momentum, n)?;
         spec.optimizer.validate()?;
         let mut state = PsgdState::new(spec, model.init(args.seed));
         let (mut objective, mut seconds) = (Vec::new(), Vec::new());
@@ -308,4 +313,18 @@ fn run_one(data: &MlpData, workers: usize, neurons: usize, layers: usize, epochs
     ])?;
     let r = mlp::train(&args, data, Verbosity::Quiet)?;
     Ok(Outcome { loss: r.test_loss, accuracy: r.test_accuracy, seconds: r.per_epoch.iter().map(|e| e.seconds).sum() })
+}
+
+/// Parses `--block-momentum` for `workers` workers: `auto` is `1 − 1/N`; one worker never filters.
+pub fn block_momentum(text: &str, workers: usize) -> Result<f32> {
+    let mu = match text.trim() {
+        "auto" => 1.0 - 1.0 / workers.max(1) as f32,
+        t => t
+            .parse::<f32>()
+            .map_err(|_| anyhow::anyhow!("--block-momentum {t:?}: expected a number in [0, 1) or auto"))?,
+    };
+    if !(0.0..1.0).contains(&mu) {
+        bail!("--block-momentum must be in [0, 1), got {mu}");
+    }
+    Ok(if workers <= 1 { 0.0 } else { mu })
 }

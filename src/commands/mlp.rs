@@ -121,6 +121,10 @@ pub struct MlpArgs {
     /// With --sync avg: average the models every K mini-batches (0: once per pass over the data).
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub avg_every: usize,
+    /// With --sync avg: block momentum of the average — 0 (plain model averaging), a value in [0, 1), or `auto`
+    /// for 1 − 1/N (blockwise model-update filtering).
+    #[arg(long, default_value = "0", value_name = "MU")]
+    pub block_momentum: String,
     /// L2 weight decay (L-BFGS only).
     #[arg(long, default_value_t = 0.0)]
     pub lambda: f64,
@@ -443,6 +447,7 @@ pub fn train(args: &MlpArgs, data: &MlpData, verbosity: Verbosity) -> Result<Mlp
                 optimizer: spec,
                 batch: args.batch,
                 steps: if args.sync == SyncMode::Avg { args.avg_every } else { 0 },
+                block_momentum: super::bench_mlp::block_momentum(&args.block_momentum, cluster.num_workers())?,
             };
             mini_batch(&mut cluster, &handle, &mlp, train_spec, theta0, args, data, full)?
         }

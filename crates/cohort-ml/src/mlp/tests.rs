@@ -186,3 +186,29 @@ fn full_batch_gradient_is_the_mean_plus_decay() {
     }
     assert!(cost > 0.0);
 }
+
+#[test]
+fn block_momentum_filters_the_averaged_update() {
+    use cohort::{Contribution, Multipass};
+
+    use super::jobs::{PassStats, PsgdJob, PsgdState, TrainSpec, WorkerPartial};
+    let spec = |mu| TrainSpec {
+        layers: vec![1, 2],
+        optimizer: OptimizerSpec::adam(0.01),
+        batch: 1,
+        steps: 0,
+        block_momentum: mu,
+    };
+    let part = |v: f32, rows| Contribution {
+        rows,
+        partial: WorkerPartial { values: vec![v, v, v, v], stats: PassStats::default(), error: None },
+    };
+    // Plain averaging: the row-weighted mean (1·1 + 3·3) / 4 = 2.5.
+    let avg = PsgdJob.aggregate(&PsgdState::new(spec(0.0), vec![0.0; 4]), vec![part(1.0, 1), part(3.0, 3)]);
+    assert_eq!(avg.theta, vec![2.5; 4]);
+    // μ = 0.5: first Δ = 2.5 → v = 2.5, θ = 2.5; then the workers return 3.0 → Δ = 0.5, v = 1.75, θ = 4.25.
+    let first = PsgdJob.aggregate(&PsgdState::new(spec(0.5), vec![0.0; 4]), vec![part(1.0, 1), part(3.0, 3)]);
+    assert_eq!((first.theta[0], first.velocity[0]), (2.5, 2.5));
+    let second = PsgdJob.aggregate(&first, vec![part(3.0, 1), part(3.0, 3)]);
+    assert_eq!((second.theta[0], second.velocity[0]), (4.25, 1.75));
+}
