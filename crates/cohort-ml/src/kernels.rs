@@ -65,19 +65,17 @@ fn check_len(len: usize, rows: usize, cols: usize, row_stride: usize) -> Result<
     }
 }
 
+/// Checks that a `dst = lhs · rhs` product has matching `(rows, cols)` shapes.
+fn check_product(dst: (usize, usize), lhs: (usize, usize), rhs: (usize, usize)) -> Result<()> {
+    if lhs.1 != rhs.0 || dst.0 != lhs.0 || dst.1 != rhs.1 {
+        return Err(MlError::Shape(format!("{}×{} = {}×{} · {}×{}", dst.0, dst.1, lhs.0, lhs.1, rhs.0, rhs.1)));
+    }
+    Ok(())
+}
+
 /// `dst = lhs · rhs` (`Accum::Replace`) or `dst += lhs · rhs` (`Accum::Add`), single-threaded.
 pub fn matmul(dst: MatMut<'_, f64>, accum: Accum, lhs: MatRef<'_, f64>, rhs: MatRef<'_, f64>) -> Result<()> {
-    if lhs.ncols() != rhs.nrows() || dst.nrows() != lhs.nrows() || dst.ncols() != rhs.ncols() {
-        return Err(MlError::Shape(format!(
-            "{}×{} = {}×{} · {}×{}",
-            dst.nrows(),
-            dst.ncols(),
-            lhs.nrows(),
-            lhs.ncols(),
-            rhs.nrows(),
-            rhs.ncols()
-        )));
-    }
+    check_product((dst.nrows(), dst.ncols()), (lhs.nrows(), lhs.ncols()), (rhs.nrows(), rhs.ncols()))?;
     faer_matmul(dst, accum, lhs, rhs, 1.0, faer::Par::Seq);
     Ok(())
 }
@@ -91,17 +89,7 @@ pub fn matmul_f32(
     rhs: MatRef<'_, f32>,
     alpha: f32,
 ) -> Result<()> {
-    if lhs.ncols() != rhs.nrows() || dst.nrows() != lhs.nrows() || dst.ncols() != rhs.ncols() {
-        return Err(MlError::Shape(format!(
-            "{}×{} = {}×{} · {}×{}",
-            dst.nrows(),
-            dst.ncols(),
-            lhs.nrows(),
-            lhs.ncols(),
-            rhs.nrows(),
-            rhs.ncols()
-        )));
-    }
+    check_product((dst.nrows(), dst.ncols()), (lhs.nrows(), lhs.ncols()), (rhs.nrows(), rhs.ncols()))?;
     faer_matmul(dst, accum, lhs, rhs, alpha, faer::Par::Seq);
     Ok(())
 }
