@@ -19,8 +19,8 @@ use cohort_ml::mlp::Mlp;
 use cohort_ml::optim::{FnObjective, Lbfgs, Stop};
 use serde::Serialize;
 
-use super::start_cluster;
 use super::train::{fmt_loss, print_summary};
+use super::{start_and_load, Started};
 use crate::cli::CommonArgs;
 use crate::plot::Chart;
 use crate::progress::Progress;
@@ -419,11 +419,7 @@ pub fn train(args: &MlpArgs, data: &MlpData, verbosity: Verbosity) -> Result<Mlp
         train_data = train_data.with_chunks(chunks)?;
     }
 
-    let started = Instant::now();
-    let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), &c.launch)?;
-    let startup = started.elapsed();
-    let handle = cluster.load(&train_data)?;
-    let load = started.elapsed() - startup;
+    let Started { mut cluster, worker_spec, handle, started, startup, load } = start_and_load(c, &train_data)?;
     let full = verbosity == Verbosity::Full;
     if full {
         println!(

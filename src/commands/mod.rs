@@ -102,3 +102,29 @@ pub fn named_dataset(name: &str, split: Split) -> Result<Dataset<f32>> {
         other => anyhow::bail!("unknown data set {other:?}; cohort knows: {FASHION_MNIST}"),
     }
 }
+
+/// A cluster started from the training flags with one dataset loaded onto it, and how long each step took.
+pub struct Started<T> {
+    /// The running cluster.
+    pub cluster: Cluster,
+    /// The worker spec as shown to the user.
+    pub worker_spec: String,
+    /// The loaded dataset.
+    pub handle: cohort::DatasetHandle<T>,
+    /// When starting began (for the wall time).
+    pub started: std::time::Instant,
+    /// Time to start the workers and finish their handshakes.
+    pub startup: Duration,
+    /// Time to load the dataset onto them.
+    pub load: Duration,
+}
+
+/// Starts the workers of `--workers`/`--hostfile` and loads `data` onto them, timing both.
+pub fn start_and_load<T: cohort::Element>(c: &crate::cli::CommonArgs, data: &cohort::Dataset<T>) -> Result<Started<T>> {
+    let started = std::time::Instant::now();
+    let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), &c.launch)?;
+    let startup = started.elapsed();
+    let handle = cluster.load(data)?;
+    let load = started.elapsed() - startup;
+    Ok(Started { cluster, worker_spec, handle, started, startup, load })
+}

@@ -9,7 +9,7 @@ use cohort_ml::sae::SaeConfig;
 use cohort_ml::softmax::SoftmaxConfig;
 
 use super::lbfgs::{self, TimedRun};
-use super::{named_dataset, start_cluster};
+use super::{named_dataset, start_and_load, Started};
 use crate::cli::{CommonArgs, LinearArgs, SaeArgs, SoftmaxArgs};
 use crate::jobs::linear::{self, LinearGradient};
 use crate::model_file::{self, Params};
@@ -41,11 +41,7 @@ pub fn linear(args: LinearArgs) -> Result<TrainReport> {
         data = data.with_chunks(chunks)?;
     }
 
-    let started = Instant::now();
-    let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), &c.launch)?;
-    let startup = started.elapsed();
-    let handle = cluster.load(&data)?;
-    let load = started.elapsed() - startup;
+    let Started { mut cluster, worker_spec, handle, started, startup, load } = start_and_load(c, &data)?;
 
     let mut params = vec![0.0; args.features + 1];
     let mut history = Vec::with_capacity(c.iterations);
@@ -162,11 +158,7 @@ pub fn sae(args: SaeArgs) -> Result<TrainReport> {
     let (values, source) = patches::sample(args.images.as_deref(), Split::Train, args.patches, c.seed)?;
     let data = Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(args.patches, c.chunks))?;
 
-    let started = Instant::now();
-    let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), &c.launch)?;
-    let startup = started.elapsed();
-    let handle = cluster.load(&data)?;
-    let load = started.elapsed() - startup;
+    let Started { mut cluster, worker_spec, handle, started, startup, load } = start_and_load(c, &data)?;
     let run = lbfgs::train_sae(&mut cluster, &handle, &config, c.iterations, c.seed, Some("sae"))?;
     let wall = started.elapsed();
     let stats = cluster.stats();
@@ -217,11 +209,7 @@ pub fn softmax(args: SoftmaxArgs) -> Result<TrainReport> {
     let config = SoftmaxConfig::new(classes, train.cols(), args.lambda);
     config.validate()?;
 
-    let started = Instant::now();
-    let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), &c.launch)?;
-    let startup = started.elapsed();
-    let handle = cluster.load(&train)?;
-    let load = started.elapsed() - startup;
+    let Started { mut cluster, worker_spec, handle, started, startup, load } = start_and_load(c, &train)?;
     let run = lbfgs::train_softmax(&mut cluster, &handle, &config, c.iterations, Some("softmax"))?;
     let wall = started.elapsed();
     let stats = cluster.stats();

@@ -422,9 +422,7 @@ impl Cluster {
     /// Frees a dataset on every worker.
     pub fn unload<T>(&mut self, handle: DatasetHandle<T>) -> Result<()> {
         if self.datasets.remove(&handle.id).is_some() {
-            for w in &self.workers {
-                w.conn.send(&Message::DropDataset { dataset: handle.id }, Arc::new(Vec::new()))?;
-            }
+            self.broadcast(&Message::DropDataset { dataset: handle.id })?;
         }
         Ok(())
     }
@@ -501,8 +499,13 @@ impl Cluster {
 
     /// Frees a session's worker-local states.
     pub fn close_session(&mut self, session: Session) -> Result<()> {
+        self.broadcast(&Message::EndSession { session: session.id })
+    }
+
+    /// Queues a message without payload to every worker.
+    fn broadcast(&self, msg: &Message) -> Result<()> {
         for w in &self.workers {
-            w.conn.send(&Message::EndSession { session: session.id }, Arc::new(Vec::new()))?;
+            w.conn.send(msg, Arc::new(Vec::new()))?;
         }
         Ok(())
     }
