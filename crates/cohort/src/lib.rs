@@ -45,10 +45,12 @@ pub mod rng;
 pub mod tree;
 pub mod wire;
 
-pub use cluster::{worker, Cluster, ClusterBuilder, DataChannel, DatasetHandle, Session, SshTarget, Stats, WorkerSpec};
+pub use cluster::{
+    worker, Cluster, ClusterBuilder, DataChannel, DatasetHandle, Session, SessionSnapshot, SshTarget, Stats, WorkerSpec,
+};
 pub use data::{DataError, Dataset, Element, Shard};
 pub use error::{Error, Result};
-pub use job::{Contribution, MapReduce, Multipass, Registry, WorkerContext};
+pub use job::{Contribution, MapReduce, Multipass, Registry, ReplicaContext};
 pub use wire::{Payload, Serde};
 
 /// SHA-256 of a slice of numbers as little-endian bytes, hex-encoded: the `model_sha256` of reports.

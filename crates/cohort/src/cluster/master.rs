@@ -111,9 +111,11 @@ pub struct Cluster {
     heartbeat_timeout: Duration,
     broken: Option<String>,
     sessions: u64,
+    /// Open multipass sessions: where each replica's local state lives and its last saved copy.
+    session_states: HashMap<u64, SessionState>,
 }
 
-/// A multipass session: identifies the worker-local states of the jobs run with it.
+/// A multipass session: identifies the replica-local states of the jobs run with it.
 #[derive(Debug)]
 pub struct Session {
     id: u64,
@@ -121,10 +123,37 @@ pub struct Session {
 }
 
 impl Session {
-    /// The seed handed to workers.
+    /// The seed handed to replicas.
     pub fn seed(&self) -> u64 {
         self.seed
     }
+}
+
+/// What a restarted master needs to continue a multipass session exactly: the seed, the number of replicas, the
+/// passes completed, and each replica's local state as [`Multipass::save_local`] encoded it after the last pass.
+/// Serialisable, so it can be written into a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionSnapshot {
+    /// Session seed.
+    pub seed: u64,
+    /// Number of replicas (0 until the first pass fixes it).
+    pub replicas: u32,
+    /// Passes completed.
+    pub passes: u64,
+    /// Each replica's saved local state (`None`: nothing saved, or no pass yet).
+    pub locals: Vec<Option<Vec<u8>>>,
+}
+
+/// The master's record of a session.
+#[derive(Debug)]
+struct SessionState {
+    seed: u64,
+    /// Fixed by the first pass (or by a resumed snapshot).
+    replicas: Option<u32>,
+    passes: u64,
+    locals: Vec<Option<Vec<u8>>>,
+    /// The worker holding each replica's live local state, if any.
+    hosts: Vec<Option<usize>>,
 }
 
 impl Cluster {
@@ -144,6 +173,7 @@ impl Cluster {
             heartbeat_timeout,
             broken: None,
             sessions: 0,
+            session_states: HashMap::new(),
         }
     }
 
@@ -490,15 +520,57 @@ impl Cluster {
         Ok(result)
     }
 
-    /// Opens a multipass session: worker-local states of the jobs run with it live until
-    /// [`close_session`](Self::close_session). `seed` reaches every worker's [`WorkerContext`](crate::job::WorkerContext).
+    /// Opens a multipass session: replica-local states of the jobs run with it live until
+    /// [`close_session`](Self::close_session). `seed` reaches every replica's
+    /// [`ReplicaContext`](crate::job::ReplicaContext). The first pass fixes the number of replicas: one per worker
+    /// holding data.
     pub fn open_session(&mut self, seed: u64) -> Session {
         self.sessions += 1;
+        let state = SessionState { seed, replicas: None, passes: 0, locals: Vec::new(), hosts: Vec::new() };
+        self.session_states.insert(self.sessions, state);
         Session { id: self.sessions, seed }
     }
 
-    /// Frees a session's worker-local states.
+    /// Everything needed to continue `session` on another cluster (or after a restart of the master): see
+    /// [`resume_session`](Self::resume_session).
+    pub fn session_snapshot(&self, session: &Session) -> SessionSnapshot {
+        match self.session_states.get(&session.id) {
+            Some(s) => SessionSnapshot {
+                seed: s.seed,
+                replicas: s.replicas.unwrap_or(0),
+                passes: s.passes,
+                locals: s.locals.clone(),
+            },
+            None => SessionSnapshot { seed: session.seed, replicas: 0, passes: 0, locals: Vec::new() },
+        }
+    }
+
+    /// Opens a session that continues from `snapshot`: every replica's local state is restored (with
+    /// [`Multipass::restore_local`]) before its next pass, so the passes that follow are bit-identical to those of
+    /// the session the snapshot was taken from.
+    pub fn resume_session(&mut self, snapshot: SessionSnapshot) -> Result<Session> {
+        if snapshot.replicas as usize != snapshot.locals.len() {
+            return Err(Error::Protocol {
+                worker: "session snapshot".into(),
+                detail: format!(
+                    "{} replicas but {} saved local states; the snapshot is damaged",
+                    snapshot.replicas,
+                    snapshot.locals.len()
+                ),
+            });
+        }
+        self.sessions += 1;
+        let replicas = (snapshot.replicas > 0).then_some(snapshot.replicas);
+        let hosts = vec![None; snapshot.locals.len()];
+        let state =
+            SessionState { seed: snapshot.seed, replicas, passes: snapshot.passes, locals: snapshot.locals, hosts };
+        self.session_states.insert(self.sessions, state);
+        Ok(Session { id: self.sessions, seed: snapshot.seed })
+    }
+
+    /// Frees a session's replica-local states.
     pub fn close_session(&mut self, session: Session) -> Result<()> {
+        self.session_states.remove(&session.id);
         self.broadcast(&Message::EndSession { session: session.id })
     }
 
@@ -510,8 +582,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs one pass of a multipass job: broadcasts `state`, lets every worker run `pass` over its resident chunks
-    /// with its local state of `session`, and aggregates the partial results in worker order.
+    /// Runs one pass of a multipass job: broadcasts `state`, lets every replica run `pass` over its resident chunks
+    /// with its local state of `session`, and aggregates the partial results in replica order.
     pub fn pass<J: Multipass>(
         &mut self,
         job: &J,
@@ -525,7 +597,36 @@ impl Cluster {
             placement.ranges.iter().cloned().enumerate().filter(|(_, r)| !r.is_empty()).collect();
         let rows_total = data.rows;
         let chunks_total = placement.chunks as usize;
-        for (index, (w, range)) in holders.iter().enumerate() {
+        let sess = self.session_states.get_mut(&session.id).ok_or_else(|| Error::Protocol {
+            worker: "cluster".into(),
+            detail: "the session was closed or belongs to another cluster".into(),
+        })?;
+        let replicas = *sess.replicas.get_or_insert(holders.len() as u32);
+        if replicas as usize != holders.len() {
+            return Err(Error::Protocol {
+                worker: "cluster".into(),
+                detail: format!(
+                    "the session has {replicas} replicas but {} workers hold data; run it on that many workers",
+                    holders.len()
+                ),
+            });
+        }
+        sess.locals.resize(replicas as usize, None);
+        sess.hosts.resize(replicas as usize, None);
+        let mut restores = Vec::new();
+        for (replica, (w, _)) in holders.iter().enumerate() {
+            if sess.hosts[replica] != Some(*w) {
+                let saved = sess.locals[replica].clone();
+                let msg =
+                    Message::RestoreLocal { session: session.id, replica: replica as u32, saved: saved.is_some() };
+                restores.push((*w, msg, saved.unwrap_or_default()));
+                sess.hosts[replica] = Some(*w);
+            }
+        }
+        for (w, msg, bytes) in restores {
+            self.workers[w].conn.send(&msg, Arc::new(bytes))?;
+        }
+        for (replica, (w, range)) in holders.iter().enumerate() {
             let msg = Message::Pass {
                 session: session.id,
                 round,
@@ -533,20 +634,22 @@ impl Cluster {
                 dataset: data.id,
                 first_chunk: range.start,
                 end_chunk: range.end,
-                index: index as u32,
-                workers: holders.len() as u32,
+                replica: replica as u32,
+                replicas,
                 seed: session.seed,
             };
             self.workers[*w].conn.send(&msg, Arc::clone(&payload))?;
         }
-        let mut partials: BTreeMap<usize, J::Partial> = BTreeMap::new();
+        let mut partials: BTreeMap<u32, (J::Partial, Option<Vec<u8>>)> = BTreeMap::new();
         while partials.len() < holders.len() {
             let (w, msg, payload) = self.next_event(None, || format!("pass {round} of `{}`", J::NAME))?;
             match msg {
-                Message::PassDone { round: r, .. } if r == round => {
-                    let partial = J::Partial::from_bytes(&payload)
+                Message::PassDone { round: r, replica, partial_len, saved, .. } if r == round => {
+                    let split = (partial_len as usize).min(payload.len());
+                    let partial = J::Partial::from_bytes(&payload[..split])
                         .map_err(|e| self.protocol(w, &format!("cannot decode the partial of `{}`: {e}", J::NAME)))?;
-                    partials.insert(w, partial);
+                    let saved = saved.then(|| payload[split..].to_vec());
+                    partials.insert(replica, (partial, saved));
                 }
                 Message::Failed { round: r, error } if r == round => {
                     return Err(Error::JobFailed {
@@ -558,14 +661,16 @@ impl Cluster {
                 _ => {}
             }
         }
-        let contributions = holders
-            .iter()
-            .map(|(w, range)| {
-                let first = crate::data::chunk_rows(rows_total, chunks_total, range.start as usize).start;
-                let end = crate::data::chunk_rows(rows_total, chunks_total, range.end as usize - 1).end;
-                Contribution { rows: (end - first) as u64, partial: partials.remove(w).expect("every holder answered") }
-            })
-            .collect();
+        let sess = self.session_states.get_mut(&session.id).expect("checked above");
+        let mut contributions = Vec::with_capacity(holders.len());
+        for (replica, (_, range)) in holders.iter().enumerate() {
+            let first = crate::data::chunk_rows(rows_total, chunks_total, range.start as usize).start;
+            let end = crate::data::chunk_rows(rows_total, chunks_total, range.end as usize - 1).end;
+            let (partial, saved) = partials.remove(&(replica as u32)).expect("every replica answered");
+            sess.locals[replica] = saved;
+            contributions.push(Contribution { rows: (end - first) as u64, partial });
+        }
+        sess.passes += 1;
         self.rounds_run += 1;
         Ok(job.aggregate(state, contributions))
     }

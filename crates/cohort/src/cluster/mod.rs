@@ -11,5 +11,5 @@ pub(crate) mod store;
 pub mod worker;
 
 pub use builder::{ClusterBuilder, DataChannel};
-pub use master::{Cluster, DatasetHandle, Session, Stats};
+pub use master::{Cluster, DatasetHandle, Session, SessionSnapshot, Stats};
 pub use spec::{SshTarget, WorkerSpec};

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::store::Store;
-use crate::job::Registry;
+use crate::job::{LocalSlot, PassOutput, Registry};
 use crate::wire::frame::{read_frame, write_frame, MAX_FRAME};
 use crate::wire::handshake::{worker_handshake, HandshakeError, Secret, WorkerIdentity};
 use crate::wire::{Message, WireError};
@@ -227,7 +227,8 @@ fn send<W: Write>(output: &Mutex<W>, msg: &Message, payload: &[u8]) -> Result<()
 
 fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mutex<W>) -> Result<(), WorkerError> {
     let mut store = Store::default();
-    let mut sessions: std::collections::HashMap<u64, Option<Box<dyn std::any::Any + Send>>> = Default::default();
+    // Replica-local states of multipass sessions, by (session, replica).
+    let mut locals: std::collections::HashMap<(u64, u32), LocalSlot> = Default::default();
     loop {
         let Some(frame) = read_frame(input, MAX_FRAME)? else {
             return Ok(()); // the master closed the connection
@@ -291,9 +292,9 @@ fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mu
                     Err(error) => send(output, &Message::Failed { round, error }, &[])?,
                 }
             }
-            Message::Pass { session, round, job, dataset, first_chunk, end_chunk, index, workers, seed } => {
+            Message::Pass { session, round, job, dataset, first_chunk, end_chunk, replica, replicas, seed } => {
                 let started = Instant::now();
-                let local = sessions.entry(session).or_default();
+                let local = locals.entry((session, replica)).or_insert(LocalSlot::Fresh);
                 let outcome = match (registry.get_pass(&job), store.get(&dataset)) {
                     (None, _) => Err(format!("multipass job `{job}` is not registered in this worker")),
                     (_, None) => Err(format!("dataset {} is not resident on this worker", hex::encode(&dataset[..8]))),
@@ -303,7 +304,7 @@ fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mu
                             .map(|c| c.values.len() as u64 / u64::from(data.cols.max(1)))
                             .sum();
                         let first_row = data.chunks.get(&first_chunk).map_or(0, |c| c.first_row);
-                        let ctx = crate::job::WorkerContext { index, workers, rows, first_row, seed };
+                        let ctx = crate::job::ReplicaContext { replica, replicas, rows, first_row, seed };
                         if job_impl.elem() != data.elem {
                             Err(format!(
                                 "job `{job}` reads {} data but the dataset holds {}",
@@ -319,15 +320,25 @@ fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mu
                     }
                 };
                 match outcome {
-                    Ok(partial) => {
+                    Ok(PassOutput { mut partial, saved }) => {
                         let compute_us = started.elapsed().as_micros() as u64;
-                        send(output, &Message::PassDone { round, compute_us }, &partial)?;
+                        let partial_len = partial.len() as u64;
+                        if let Some(saved) = &saved {
+                            partial.extend_from_slice(saved);
+                        }
+                        let done =
+                            Message::PassDone { round, replica, partial_len, saved: saved.is_some(), compute_us };
+                        send(output, &done, &partial)?;
                     }
                     Err(error) => send(output, &Message::Failed { round, error }, &[])?,
                 }
             }
+            Message::RestoreLocal { session, replica, saved } => {
+                let bytes = saved.then(|| frame.payload.clone());
+                locals.insert((session, replica), LocalSlot::Restore(bytes));
+            }
             Message::EndSession { session } => {
-                sessions.remove(&session);
+                locals.retain(|(s, _), _| *s != session);
             }
             Message::Shutdown => return Ok(()),
             other => {

@@ -187,10 +187,10 @@ pub enum Message {
         /// End of the chunk range.
         end_chunk: u32,
     },
-    /// Master → worker: run one pass of a multipass job over chunks `[first_chunk, end_chunk)`. Payload: the
-    /// encoded state.
+    /// Master → worker: run one pass of replica `replica` of a multipass job over chunks `[first_chunk,
+    /// end_chunk)`. Payload: the encoded state.
     Pass {
-        /// Session whose worker-local state to use (created on first use).
+        /// Session whose replica-local state to use (created on first use).
         session: u64,
         /// Round number, echoed in the answer.
         round: u64,
@@ -202,17 +202,35 @@ pub enum Message {
         first_chunk: u32,
         /// Last chunk (exclusive).
         end_chunk: u32,
-        /// This worker's place: index among data-holding workers, their count, the session seed.
-        index: u32,
-        /// Number of data-holding workers.
-        workers: u32,
+        /// The replica this pass is for.
+        replica: u32,
+        /// Number of replicas in the session.
+        replicas: u32,
         /// Session seed.
         seed: u64,
     },
-    /// Worker → master: the partial result of a pass. Payload: the encoded partial.
+    /// Master → worker: replace replica `replica`'s local state in `session` by one restored from saved bytes
+    /// before its next pass (sent when a replica moves to this worker, or a session is resumed). Payload: the
+    /// saved local state if `saved`, else empty (rebuild it with `init_local`). No answer.
+    RestoreLocal {
+        /// The session.
+        session: u64,
+        /// The replica.
+        replica: u32,
+        /// Whether the payload holds a saved state.
+        saved: bool,
+    },
+    /// Worker → master: the partial result of a replica's pass. Payload: the encoded partial (`partial_len`
+    /// bytes), then the replica's saved local state if `saved`.
     PassDone {
         /// Round number from the `Pass`.
         round: u64,
+        /// The replica.
+        replica: u32,
+        /// Bytes of the payload that belong to the partial.
+        partial_len: u64,
+        /// Whether the saved local state follows the partial.
+        saved: bool,
         /// Microseconds the worker spent computing.
         compute_us: u64,
     },
@@ -247,6 +265,7 @@ impl Message {
             Message::LoadSource { .. } => "LoadSource",
             Message::Pass { .. } => "Pass",
             Message::PassDone { .. } => "PassDone",
+            Message::RestoreLocal { .. } => "RestoreLocal",
             Message::EndSession { .. } => "EndSession",
             Message::Heartbeat => "Heartbeat",
             Message::Shutdown => "Shutdown",
