@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::cluster::store::ResidentDataset;
+use crate::data::resident::ResidentDataset;
 use crate::data::{Element, Shard};
 use crate::tree::Tree;
-use crate::wire::{ElemType, Payload};
+use crate::wire::{ElemType, Payload, WorkerFailure};
 
 /// A synchronous map-reduce job (qjam's `map` module).
 ///
@@ -165,7 +165,7 @@ pub(crate) trait ErasedMultipass: Send + Sync {
         data: &ResidentDataset,
         range: Range<u32>,
         ctx: ReplicaContext,
-    ) -> Result<PassOutput, String>;
+    ) -> Result<PassOutput, WorkerFailure>;
 }
 
 struct ErasedPass<J>(J);
@@ -182,8 +182,9 @@ impl<J: Multipass> ErasedMultipass for ErasedPass<J> {
         data: &ResidentDataset,
         range: Range<u32>,
         ctx: ReplicaContext,
-    ) -> Result<PassOutput, String> {
-        let state = J::State::from_bytes(state).map_err(|e| format!("cannot decode the state: {e}"))?;
+    ) -> Result<PassOutput, WorkerFailure> {
+        let state = J::State::from_bytes(state)
+            .map_err(|e| WorkerFailure::Decode { what: format!("state of `{}`", J::NAME), detail: e.to_string() })?;
         let shards = range.map(|c| data.shard::<J::Elem>(c)).collect::<Result<Vec<_>, _>>()?;
         let live = match std::mem::replace(local, LocalSlot::Fresh) {
             LocalSlot::Live(l) => l,
@@ -195,9 +196,9 @@ impl<J: Multipass> ErasedMultipass for ErasedPass<J> {
                 };
                 match restored {
                     Ok(l) => Box::new(l),
-                    Err(e) => {
+                    Err(detail) => {
                         *local = LocalSlot::Restore(saved);
-                        return Err(format!("cannot restore replica {}'s local state: {e}", ctx.replica));
+                        return Err(WorkerFailure::Restore { replica: ctx.replica, detail });
                     }
                 }
             }
@@ -205,7 +206,10 @@ impl<J: Multipass> ErasedMultipass for ErasedPass<J> {
         let slot = local;
         *slot = LocalSlot::Live(live);
         let LocalSlot::Live(boxed) = slot else { unreachable!("just set") };
-        let local = boxed.downcast_mut::<J::Local>().ok_or("local state of another job in this session")?;
+        let local = boxed.downcast_mut::<J::Local>().ok_or_else(|| WorkerFailure::Restore {
+            replica: ctx.replica,
+            detail: format!("the session's local state belongs to another job than `{}`", J::NAME),
+        })?;
         let partial = self.0.pass(&state, local, &shards).to_bytes();
         Ok(PassOutput { partial, saved: self.0.save_local(local) })
     }
@@ -214,8 +218,15 @@ impl<J: Multipass> ErasedMultipass for ErasedPass<J> {
 /// A registered job with its types erased, as a worker sees it.
 pub(crate) trait ErasedJob: Send + Sync {
     fn elem(&self) -> ElemType;
-    /// Maps chunks `range` of `data` and returns the encoded partial of each covering tree node.
-    fn run(&self, params: &[u8], data: &ResidentDataset, range: Range<u32>) -> Result<Vec<(u32, Vec<u8>)>, String>;
+    /// Maps the chunks of `runs` (ascending, disjoint ranges) of `data` and hands the encoded partial of each
+    /// covering tree node, left to right, to `emit` as soon as it is computed.
+    fn run(
+        &self,
+        params: &[u8],
+        data: &ResidentDataset,
+        runs: &[Range<u32>],
+        emit: &mut dyn FnMut(u32, Vec<u8>),
+    ) -> Result<(), WorkerFailure>;
 }
 
 struct Erased<J>(J);
@@ -225,21 +236,31 @@ impl<J: MapReduce> ErasedJob for Erased<J> {
         J::Elem::TYPE
     }
 
-    fn run(&self, params: &[u8], data: &ResidentDataset, range: Range<u32>) -> Result<Vec<(u32, Vec<u8>)>, String> {
-        let params = J::Params::from_bytes(params).map_err(|e| format!("cannot decode parameters: {e}"))?;
+    fn run(
+        &self,
+        params: &[u8],
+        data: &ResidentDataset,
+        runs: &[Range<u32>],
+        emit: &mut dyn FnMut(u32, Vec<u8>),
+    ) -> Result<(), WorkerFailure> {
+        let params = J::Params::from_bytes(params).map_err(|e| WorkerFailure::Decode {
+            what: format!("parameters of `{}`", J::NAME),
+            detail: e.to_string(),
+        })?;
         let tree = Tree::new(data.total_chunks);
-        let mut out = Vec::new();
-        for node in tree.cover(range) {
-            let value = tree.eval(
-                node,
-                &mut |chunk| data.shard::<J::Elem>(chunk).map(|shard| self.0.map(&params, &shard)),
-                &mut |a, b| self.0.reduce(a, b),
-            )?;
-            if let Some(value) = value {
-                out.push((node, value.to_bytes()));
+        for run in runs {
+            for node in tree.cover(run.clone()) {
+                let value = tree.eval(
+                    node,
+                    &mut |chunk| data.shard::<J::Elem>(chunk).map(|shard| self.0.map(&params, &shard)),
+                    &mut |a, b| self.0.reduce(a, b),
+                )?;
+                if let Some(value) = value {
+                    emit(node, value.to_bytes());
+                }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -1,15 +1,20 @@
-//! The cluster runtime: the master ([`Cluster`]), the worker loop ([`worker`]), how workers are described
-//! ([`WorkerSpec`]) and started ([`process`]), and the per-worker connections (`conn`).
+//! The cluster runtime, in layers: the [`scheduler`] decides (placement, rounds, liveness, recovery) without any
+//! I/O; the master ([`Cluster`]) is the driver that feeds it from the connections and carries out its decisions;
+//! `launch` starts worker processes (local, [`ssh`]) for the builder and for replacements; `conn` is one worker's
+//! connection; [`worker`] is the loop a worker process runs.
 
 mod builder;
 mod conn;
+mod launch;
 mod master;
 pub mod process;
+pub mod scheduler;
 pub mod spec;
 pub mod ssh;
-pub(crate) mod store;
 pub mod worker;
 
-pub use builder::{ClusterBuilder, DataChannel};
+pub use builder::{ClusterBuilder, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAX_FAILURES};
+pub use launch::DataChannel;
 pub use master::{Cluster, DatasetHandle, Session, SessionSnapshot, Stats};
+pub use scheduler::{FailureRecord, Placement, WorkerReport};
 pub use spec::{SshTarget, WorkerSpec};

@@ -40,13 +40,14 @@ impl WorkerProcess {
         Self::spawn(cmd, prefix, forward_stderr)
     }
 
-    /// Starts an arbitrary command whose stdin/stdout carry the protocol (used by launchers).
+    /// Starts an arbitrary command whose stdin/stdout carry the protocol (used by launchers). Spawned from the
+    /// long-lived spawner thread, so a parent-death signal the command sets follows the master process.
     pub fn spawn(
-        mut cmd: Command,
+        cmd: Command,
         prefix: String,
         forward_stderr: bool,
     ) -> std::io::Result<(WorkerProcess, ChildStdout, ChildStdin)> {
-        let mut child = cmd.spawn()?;
+        let mut child = super::launch::spawn_tied(cmd)?;
         let stdout = child.stdout.take().expect("stdout was piped");
         let stdin = child.stdin.take().expect("stdin was piped");
         let stderr = child.stderr.take().expect("stderr was piped");

@@ -99,7 +99,7 @@ impl SshHost {
         add_common_args(&mut cmd, target, config);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         die_with_parent(&mut cmd);
-        let mut master = match cmd.spawn() {
+        let mut master = match super::launch::spawn_tied(cmd) {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -271,7 +271,13 @@ impl SshHost {
         forward_stderr: bool,
         listen: Option<&str>,
     ) -> std::io::Result<(WorkerProcess, std::process::ChildStdout, std::process::ChildStdin)> {
-        let listen = listen.map(|l| format!(" COHORT_LISTEN={}", sh_quote(l))).unwrap_or_default();
+        let mut listen = listen.map(|l| format!(" COHORT_LISTEN={}", sh_quote(l))).unwrap_or_default();
+        // Fault injection for tests travels like the role (environments do not cross ssh).
+        for var in [super::worker::fault::FAULT_ENV, super::worker::fault::FAULT_ONCE_ENV] {
+            if let Ok(value) = std::env::var(var) {
+                listen.push_str(&format!(" {var}={}", sh_quote(&value)));
+            }
+        }
         let remote = format!("exec env COHORT_ROLE=worker{listen} {} worker", sh_quote(remote_binary));
         let mut cmd = self.command(&remote);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());

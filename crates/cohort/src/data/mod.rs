@@ -7,6 +7,7 @@
 //! of workers. A chunk is the unit that moves between workers.
 
 pub mod loaders;
+pub(crate) mod resident;
 pub mod slicing;
 
 use std::ops::Range;

@@ -4,7 +4,14 @@
 //! frozen forever, so that any two versions of cohort can at least tell each other that they disagree. Everything
 //! else may change with [`PROTOCOL_VERSION`](super::PROTOCOL_VERSION).
 
+use std::ops::Range;
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
+
+/// Identifies a request the master sent, echoed in the answer: an answer to a request the master no longer waits
+/// for (cancelled, or sent to a worker since declared lost) is recognised and dropped.
+pub type RequestId = u64;
 
 /// A dataset's identity: the SHA-256 of its element type, shape, chunking and contents.
 pub type DatasetId = [u8; 32];
@@ -58,6 +65,117 @@ pub struct ChunkMeta {
     pub has_labels: bool,
 }
 
+/// The format of a file source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileFormat {
+    /// IDX (MNIST format): a 3-D `u8` image file, labels a 1-D `u8` file.
+    Idx,
+    /// NumPy `.npy`: values 1-D or 2-D, labels 1-D.
+    Npy,
+}
+
+/// A dataset stored in files that every worker can read at the same path (a shared filesystem). Only the
+/// description travels; each worker reads its own chunks (see `data::loaders`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSource {
+    /// File format.
+    pub format: FileFormat,
+    /// Values file.
+    pub values: PathBuf,
+    /// Optional labels file.
+    pub labels: Option<PathBuf>,
+}
+
+impl FileSource {
+    /// An IDX image file with optional labels.
+    pub fn idx(images: impl Into<PathBuf>, labels: Option<PathBuf>) -> FileSource {
+        FileSource { format: FileFormat::Idx, values: images.into(), labels }
+    }
+
+    /// A `.npy` values file with optional labels.
+    pub fn npy(values: impl Into<PathBuf>, labels: Option<PathBuf>) -> FileSource {
+        FileSource { format: FileFormat::Npy, values: values.into(), labels }
+    }
+}
+
+/// Why a worker could not serve a request: typed, so the master can tell a job's own failure (deterministic: it
+/// would fail anywhere) from a worker that lacks something.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WorkerFailure {
+    /// The job is not in the worker binary's registry.
+    #[error("job `{job}` is not registered in this worker")]
+    UnknownJob {
+        /// The job.
+        job: String,
+    },
+    /// The dataset is not resident.
+    #[error("dataset {dataset} is not resident on this worker")]
+    NotResident {
+        /// First bytes of the dataset id, hex.
+        dataset: String,
+    },
+    /// One of the requested chunks is not resident.
+    #[error("chunk {chunk} of dataset {dataset} is not resident on this worker")]
+    MissingChunk {
+        /// First bytes of the dataset id, hex.
+        dataset: String,
+        /// The chunk.
+        chunk: u32,
+    },
+    /// The job's element type differs from the dataset's.
+    #[error("job `{job}` reads {job_elem} data but the dataset holds {data_elem}")]
+    ElemMismatch {
+        /// The job.
+        job: String,
+        /// What the job reads.
+        job_elem: ElemType,
+        /// What the dataset holds.
+        data_elem: ElemType,
+    },
+    /// Parameters, state or saved local state that do not decode.
+    #[error("cannot decode the {what}: {detail}")]
+    Decode {
+        /// What was being decoded.
+        what: String,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// User code panicked.
+    #[error("panicked: {message}")]
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// A chunk frame that does not match its description.
+    #[error("chunk {chunk}: {detail}")]
+    BadChunk {
+        /// The chunk.
+        chunk: u32,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Reading a file source failed on this worker.
+    #[error("{detail}")]
+    Load {
+        /// The loader's message (names the file).
+        detail: String,
+    },
+    /// A replica's saved local state could not be restored.
+    #[error("cannot restore replica {replica}'s local state: {detail}")]
+    Restore {
+        /// The replica.
+        replica: u32,
+        /// Why.
+        detail: String,
+    },
+    /// A message a worker does not accept.
+    #[error("unexpected {kind} message from the master")]
+    Unexpected {
+        /// The message kind.
+        kind: String,
+    },
+}
+
 /// A frame header. The payload that goes with each variant is documented on the variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
@@ -108,14 +226,18 @@ pub enum Message {
     LoadChunk(ChunkMeta),
     /// Master → worker: all chunks of a load were sent; answer with [`Message::Loaded`]. No payload.
     LoadDone {
+        /// Request id, echoed in the answer.
+        req: RequestId,
         /// Dataset that was loaded.
         dataset: DatasetId,
     },
-    /// Worker → master: the dataset's chunks are resident. No payload.
+    /// Worker → master: the chunks of a load are resident. No payload.
     Loaded {
+        /// Request id of the `LoadDone` or `LoadSource`.
+        req: RequestId,
         /// Dataset now resident.
         dataset: DatasetId,
-        /// Number of its chunks this worker holds.
+        /// Number of its chunks this worker now holds.
         chunks: u32,
     },
     /// Master → worker: forget a dataset. No payload, no answer.
@@ -123,43 +245,24 @@ pub enum Message {
         /// Dataset to drop.
         dataset: DatasetId,
     },
-    /// Master → worker: run a map-reduce job over chunks `[first_chunk, end_chunk)`. Payload: encoded parameters.
-    Map {
-        /// Round number, echoed in the answer.
-        round: u64,
-        /// Registered job name.
-        job: String,
-        /// Resident dataset to map over.
+    /// Master → worker: forget some chunks of a dataset (they moved to another worker). No payload, no answer.
+    DropChunks {
+        /// The dataset.
         dataset: DatasetId,
-        /// First chunk (inclusive).
-        first_chunk: u32,
-        /// Last chunk (exclusive).
-        end_chunk: u32,
-    },
-    /// Worker → master: the partial results of a `Map`, one per reduction-tree node. Payload: the nodes' encoded
-    /// values, concatenated in the order of `nodes`.
-    MapDone {
-        /// Round number from the `Map`.
-        round: u64,
-        /// `(tree node, encoded length)` for each partial, left to right.
-        nodes: Vec<(u32, u32)>,
-        /// Microseconds the worker spent computing.
-        compute_us: u64,
-    },
-    /// Worker → master: a request could not be served (job panicked, unknown dataset...). No payload.
-    Failed {
-        /// Round number of the failed `Map`, or 0 for other requests.
-        round: u64,
-        /// What went wrong, for the user.
-        error: String,
+        /// Chunk ranges to drop.
+        chunks: Vec<Range<u32>>,
     },
     /// Master → worker: read the headers of a file source. No payload; answered with [`Message::Described`].
     Describe {
+        /// Request id, echoed in the answer.
+        req: RequestId,
         /// The files.
-        source: crate::data::loaders::FileSource,
+        source: FileSource,
     },
     /// Worker → master: shape and fingerprint of a file source. No payload.
     Described {
+        /// Request id of the `Describe`.
+        req: RequestId,
         /// Rows.
         rows: u64,
         /// Values per row.
@@ -167,33 +270,58 @@ pub enum Message {
         /// Fingerprint of the files as this worker sees them.
         fingerprint: [u8; 32],
     },
-    /// Master → worker: load chunks `[first_chunk, end_chunk)` of a file source yourself. No payload; answered with
+    /// Master → worker: load these chunks of a file source yourself. No payload; answered with
     /// [`Message::Loaded`].
     LoadSource {
+        /// Request id, echoed in the answer.
+        req: RequestId,
         /// Identity the master gives the dataset.
         dataset: DatasetId,
         /// The files.
-        source: crate::data::loaders::FileSource,
+        source: FileSource,
         /// Element type to read the values as.
         elem: ElemType,
-        /// Fingerprint the files must have (as worker 0 saw them).
+        /// Fingerprint the files must have (as the describing worker saw them).
         fingerprint: [u8; 32],
         /// Rows of the whole source.
         rows: u64,
         /// Chunks the source is cut into.
         total_chunks: u32,
-        /// First chunk to load.
-        first_chunk: u32,
-        /// End of the chunk range.
-        end_chunk: u32,
+        /// Chunk ranges to load.
+        chunks: Vec<Range<u32>>,
+    },
+    /// Master → worker: run a map-reduce job over these chunk ranges (every chunk resident here). Payload: encoded
+    /// parameters. Answered by one or more [`Message::MapDone`], the last with `last` set.
+    Map {
+        /// Request id, echoed in the answers.
+        req: RequestId,
+        /// Registered job name.
+        job: String,
+        /// Resident dataset to map over.
+        dataset: DatasetId,
+        /// Chunk ranges, ascending and disjoint.
+        chunks: Vec<Range<u32>>,
+    },
+    /// Worker → master: partial results of a `Map`, one per reduction-tree node; a worker may send the nodes of
+    /// one request in several frames as it computes them. Payload: the nodes' encoded values, concatenated in the
+    /// order of `nodes`.
+    MapDone {
+        /// Request id of the `Map`.
+        req: RequestId,
+        /// `(tree node, encoded length)` for each partial, left to right.
+        nodes: Vec<(u32, u32)>,
+        /// Whether this frame ends the answer.
+        last: bool,
+        /// Microseconds the worker spent computing these nodes.
+        compute_us: u64,
     },
     /// Master → worker: run one pass of replica `replica` of a multipass job over chunks `[first_chunk,
     /// end_chunk)`. Payload: the encoded state.
     Pass {
+        /// Request id, echoed in the answer.
+        req: RequestId,
         /// Session whose replica-local state to use (created on first use).
         session: u64,
-        /// Round number, echoed in the answer.
-        round: u64,
         /// Registered job name.
         job: String,
         /// Resident dataset.
@@ -223,8 +351,8 @@ pub enum Message {
     /// Worker → master: the partial result of a replica's pass. Payload: the encoded partial (`partial_len`
     /// bytes), then the replica's saved local state if `saved`.
     PassDone {
-        /// Round number from the `Pass`.
-        round: u64,
+        /// Request id of the `Pass`.
+        req: RequestId,
         /// The replica.
         replica: u32,
         /// Bytes of the payload that belong to the partial.
@@ -234,10 +362,23 @@ pub enum Message {
         /// Microseconds the worker spent computing.
         compute_us: u64,
     },
-    /// Master → worker: forget a session's local state. No payload, no answer.
+    /// Master → worker: forget a session's local states. No payload, no answer.
     EndSession {
         /// The session.
         session: u64,
+    },
+    /// Worker → master: a request could not be served. No payload.
+    Failed {
+        /// Request id of the failed request (0 if the request had none).
+        req: RequestId,
+        /// What went wrong.
+        failure: WorkerFailure,
+    },
+    /// Master → worker: settings that apply from now on. No payload, no answer.
+    Configure {
+        /// Make every map and pass take this many times as long (sleeping after the work), to emulate a slow
+        /// machine in experiments. 1.0 is normal speed.
+        slowdown: f32,
     },
     /// Worker → master: still alive. No payload.
     Heartbeat,
@@ -257,16 +398,18 @@ impl Message {
             Message::LoadDone { .. } => "LoadDone",
             Message::Loaded { .. } => "Loaded",
             Message::DropDataset { .. } => "DropDataset",
-            Message::Map { .. } => "Map",
-            Message::MapDone { .. } => "MapDone",
-            Message::Failed { .. } => "Failed",
+            Message::DropChunks { .. } => "DropChunks",
             Message::Describe { .. } => "Describe",
             Message::Described { .. } => "Described",
             Message::LoadSource { .. } => "LoadSource",
+            Message::Map { .. } => "Map",
+            Message::MapDone { .. } => "MapDone",
             Message::Pass { .. } => "Pass",
-            Message::PassDone { .. } => "PassDone",
             Message::RestoreLocal { .. } => "RestoreLocal",
+            Message::PassDone { .. } => "PassDone",
             Message::EndSession { .. } => "EndSession",
+            Message::Failed { .. } => "Failed",
+            Message::Configure { .. } => "Configure",
             Message::Heartbeat => "Heartbeat",
             Message::Shutdown => "Shutdown",
         }

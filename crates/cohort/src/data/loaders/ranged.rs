@@ -8,46 +8,15 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::input::Input;
 use super::npy::{self, Dtype};
 use super::{LoadElement, LoadError};
 
-/// The format of a file source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FileFormat {
-    /// IDX (MNIST format): a 3-D `u8` image file, labels a 1-D `u8` file.
-    Idx,
-    /// NumPy `.npy`: values 1-D or 2-D, labels 1-D.
-    Npy,
-}
-
-/// A dataset stored in files that every worker can read at the same path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileSource {
-    /// File format.
-    pub format: FileFormat,
-    /// Values file.
-    pub values: PathBuf,
-    /// Optional labels file.
-    pub labels: Option<PathBuf>,
-}
-
-impl FileSource {
-    /// An IDX image file with optional labels.
-    pub fn idx(images: impl Into<PathBuf>, labels: Option<PathBuf>) -> FileSource {
-        FileSource { format: FileFormat::Idx, values: images.into(), labels }
-    }
-
-    /// A `.npy` values file with optional labels.
-    pub fn npy(values: impl Into<PathBuf>, labels: Option<PathBuf>) -> FileSource {
-        FileSource { format: FileFormat::Npy, values: values.into(), labels }
-    }
-}
+pub use crate::wire::message::{FileFormat, FileSource};
 
 /// Shape and identity of a file source, read from its headers only.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! Worker mode: the loop a worker process runs, serving one master over its standard input and output.
+//! Worker mode: the loop a worker process runs, serving one master over its standard input and output (or a TCP
+//! connection); what it does with each request is [`WorkerCore`]'s business.
 //!
 //! A worker is the user's own executable started with `COHORT_ROLE=worker` in its environment. The program calls
 //! [`run_if_worker`] first thing in `main`; in a worker process that call never returns. Before anything else the
@@ -11,13 +12,15 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::FromRawFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::store::Store;
-use crate::job::{LocalSlot, PassOutput, Registry};
+mod core;
+pub mod fault;
+
+pub(crate) use self::core::{Control, WorkerCore};
+use crate::job::Registry;
 use crate::wire::frame::{read_frame, write_frame, MAX_FRAME};
 use crate::wire::handshake::{worker_handshake, HandshakeError, Secret, WorkerIdentity};
 use crate::wire::{Message, WireError};
@@ -226,135 +229,13 @@ fn send<W: Write>(output: &Mutex<W>, msg: &Message, payload: &[u8]) -> Result<()
 }
 
 fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mutex<W>) -> Result<(), WorkerError> {
-    let mut store = Store::default();
-    // Replica-local states of multipass sessions, by (session, replica).
-    let mut locals: std::collections::HashMap<(u64, u32), LocalSlot> = Default::default();
+    let mut core = WorkerCore::new(registry);
     loop {
         let Some(frame) = read_frame(input, MAX_FRAME)? else {
             return Ok(()); // the master closed the connection
         };
-        match frame.message {
-            Message::LoadChunk(meta) => {
-                if let Err(error) = store.insert(&meta, &frame.payload) {
-                    send(output, &Message::Failed { round: 0, error }, &[])?;
-                }
-            }
-            Message::LoadDone { dataset } => {
-                let chunks = store.get(&dataset).map_or(0, |d| d.chunks.len() as u32);
-                send(output, &Message::Loaded { dataset, chunks }, &[])?;
-            }
-            Message::DropDataset { dataset } => store.remove(&dataset),
-            Message::Describe { source } => match crate::data::loaders::describe(&source) {
-                Ok(info) => {
-                    let reply = Message::Described {
-                        rows: info.rows as u64,
-                        cols: info.cols as u32,
-                        fingerprint: info.fingerprint,
-                    };
-                    send(output, &reply, &[])?
-                }
-                Err(e) => send(output, &Message::Failed { round: 0, error: e.to_string() }, &[])?,
-            },
-            Message::LoadSource { dataset, source, elem, fingerprint, rows, total_chunks, first_chunk, end_chunk } => {
-                match store.load_source(dataset, &source, elem, fingerprint, rows, total_chunks, first_chunk..end_chunk)
-                {
-                    Ok(chunks) => send(output, &Message::Loaded { dataset, chunks }, &[])?,
-                    Err(error) => send(output, &Message::Failed { round: 0, error }, &[])?,
-                }
-            }
-            Message::Map { round, job, dataset, first_chunk, end_chunk } => {
-                let started = Instant::now();
-                let outcome = match (registry.get(&job), store.get(&dataset)) {
-                    (None, _) => Err(format!("job `{job}` is not registered in this worker")),
-                    (_, None) => Err(format!("dataset {} is not resident on this worker", hex::encode(&dataset[..8]))),
-                    (Some(job_impl), Some(data)) => {
-                        if job_impl.elem() != data.elem {
-                            Err(format!(
-                                "job `{job}` maps over {} data but the dataset holds {}",
-                                job_impl.elem(),
-                                data.elem
-                            ))
-                        } else {
-                            catch_unwind(AssertUnwindSafe(|| {
-                                job_impl.run(&frame.payload, data, first_chunk..end_chunk)
-                            }))
-                            .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))))
-                        }
-                    }
-                };
-                match outcome {
-                    Ok(parts) => {
-                        let nodes = parts.iter().map(|(n, b)| (*n, b.len() as u32)).collect();
-                        let payload: Vec<u8> = parts.into_iter().flat_map(|(_, b)| b).collect();
-                        let compute_us = started.elapsed().as_micros() as u64;
-                        send(output, &Message::MapDone { round, nodes, compute_us }, &payload)?;
-                    }
-                    Err(error) => send(output, &Message::Failed { round, error }, &[])?,
-                }
-            }
-            Message::Pass { session, round, job, dataset, first_chunk, end_chunk, replica, replicas, seed } => {
-                let started = Instant::now();
-                let local = locals.entry((session, replica)).or_insert(LocalSlot::Fresh);
-                let outcome = match (registry.get_pass(&job), store.get(&dataset)) {
-                    (None, _) => Err(format!("multipass job `{job}` is not registered in this worker")),
-                    (_, None) => Err(format!("dataset {} is not resident on this worker", hex::encode(&dataset[..8]))),
-                    (Some(job_impl), Some(data)) => {
-                        let rows: u64 = (first_chunk..end_chunk)
-                            .filter_map(|c| data.chunks.get(&c))
-                            .map(|c| c.values.len() as u64 / u64::from(data.cols.max(1)))
-                            .sum();
-                        let first_row = data.chunks.get(&first_chunk).map_or(0, |c| c.first_row);
-                        let ctx = crate::job::ReplicaContext { replica, replicas, rows, first_row, seed };
-                        if job_impl.elem() != data.elem {
-                            Err(format!(
-                                "job `{job}` reads {} data but the dataset holds {}",
-                                job_impl.elem(),
-                                data.elem
-                            ))
-                        } else {
-                            catch_unwind(AssertUnwindSafe(|| {
-                                job_impl.pass(&frame.payload, local, data, first_chunk..end_chunk, ctx)
-                            }))
-                            .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))))
-                        }
-                    }
-                };
-                match outcome {
-                    Ok(PassOutput { mut partial, saved }) => {
-                        let compute_us = started.elapsed().as_micros() as u64;
-                        let partial_len = partial.len() as u64;
-                        if let Some(saved) = &saved {
-                            partial.extend_from_slice(saved);
-                        }
-                        let done =
-                            Message::PassDone { round, replica, partial_len, saved: saved.is_some(), compute_us };
-                        send(output, &done, &partial)?;
-                    }
-                    Err(error) => send(output, &Message::Failed { round, error }, &[])?,
-                }
-            }
-            Message::RestoreLocal { session, replica, saved } => {
-                let bytes = saved.then(|| frame.payload.clone());
-                locals.insert((session, replica), LocalSlot::Restore(bytes));
-            }
-            Message::EndSession { session } => {
-                locals.retain(|(s, _), _| *s != session);
-            }
-            Message::Shutdown => return Ok(()),
-            other => {
-                let error = format!("unexpected {} message from the master", other.kind());
-                send(output, &Message::Failed { round: 0, error }, &[])?;
-            }
+        if core.handle(frame, &mut |msg, payload| send(output, &msg, payload))? == Control::Shutdown {
+            return Ok(());
         }
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_string()
     }
 }

@@ -1,0 +1,198 @@
+//! Chunks resident on a worker, by dataset: loaded once (shipped by the master or read from shared files), reused by
+//! every round until dropped, and moved chunk by chunk when the master changes the placement.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use crate::data::loaders::{self, FileSource};
+use crate::data::{chunk_rows, Element, Shard, Values};
+use crate::wire::{ChunkMeta, DatasetId, ElemType, WorkerFailure};
+
+/// One resident chunk.
+#[derive(Debug)]
+pub(crate) struct ResidentChunk {
+    pub first_row: u64,
+    pub values: Values,
+    pub labels: Option<Values>,
+}
+
+/// The chunks of one dataset that a worker holds.
+#[derive(Debug)]
+pub(crate) struct ResidentDataset {
+    pub id: DatasetId,
+    pub elem: ElemType,
+    pub cols: u32,
+    pub total_chunks: u32,
+    pub chunks: BTreeMap<u32, ResidentChunk>,
+}
+
+/// The first bytes of a dataset id, as errors show it.
+pub(crate) fn short_id(id: &DatasetId) -> String {
+    hex::encode(&id[..8])
+}
+
+impl ResidentDataset {
+    /// The shard of `chunk`, typed; fails if the chunk is not here or holds another element type.
+    pub fn shard<T: Element>(&self, chunk: u32) -> Result<Shard<'_, T>, WorkerFailure> {
+        let c = self
+            .chunks
+            .get(&chunk)
+            .ok_or_else(|| WorkerFailure::MissingChunk { dataset: short_id(&self.id), chunk })?;
+        let mismatch = || WorkerFailure::Decode {
+            what: format!("chunk {chunk}"),
+            detail: format!("the job reads {} data but the dataset holds {}", T::TYPE, self.elem),
+        };
+        let values = T::view(&c.values).ok_or_else(mismatch)?;
+        let labels = match &c.labels {
+            Some(l) => Some(T::view(l).ok_or_else(mismatch)?),
+            None => None,
+        };
+        Ok(Shard { values, cols: self.cols as usize, labels, first_row: c.first_row, chunk })
+    }
+
+    /// Rows held in chunks `range` (missing chunks count as empty).
+    pub fn rows_in(&self, range: Range<u32>) -> u64 {
+        range.filter_map(|c| self.chunks.get(&c)).map(|c| c.values.len() as u64 / u64::from(self.cols.max(1))).sum()
+    }
+}
+
+fn slice_values(v: &Values, r: Range<usize>) -> Values {
+    match v {
+        Values::F32(v) => Values::F32(v[r].to_vec()),
+        Values::F64(v) => Values::F64(v[r].to_vec()),
+    }
+}
+
+/// Everything resident on a worker.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    datasets: HashMap<DatasetId, ResidentDataset>,
+}
+
+impl Store {
+    fn dataset_mut(&mut self, id: DatasetId, elem: ElemType, cols: u32, total_chunks: u32) -> &mut ResidentDataset {
+        self.datasets.entry(id).or_insert_with(|| ResidentDataset {
+            id,
+            elem,
+            cols,
+            total_chunks,
+            chunks: BTreeMap::new(),
+        })
+    }
+
+    /// Stores one chunk whose payload is `rows*cols` values then optionally `rows` labels, little-endian.
+    pub fn insert(&mut self, meta: &ChunkMeta, payload: &[u8]) -> Result<(), WorkerFailure> {
+        let bad = |detail: String| WorkerFailure::BadChunk { chunk: meta.chunk, detail };
+        let size = meta.elem.size();
+        let n_values = meta.rows as usize * meta.cols as usize;
+        let n_labels = if meta.has_labels { meta.rows as usize } else { 0 };
+        if payload.len() != (n_values + n_labels) * size {
+            return Err(bad(format!(
+                "payload has {} bytes, expected {} ({} rows × {} cols{} of {})",
+                payload.len(),
+                (n_values + n_labels) * size,
+                meta.rows,
+                meta.cols,
+                if meta.has_labels { " + labels" } else { "" },
+                meta.elem
+            )));
+        }
+        if meta.chunk >= meta.total_chunks {
+            return Err(bad(format!("chunk index beyond the dataset's {} chunks", meta.total_chunks)));
+        }
+        let values = Values::from_le(meta.elem, &payload[..n_values * size]).map_err(|e| bad(e.to_string()))?;
+        let labels = if meta.has_labels {
+            Some(Values::from_le(meta.elem, &payload[n_values * size..]).map_err(|e| bad(e.to_string()))?)
+        } else {
+            None
+        };
+        let ds = self.dataset_mut(meta.dataset, meta.elem, meta.cols, meta.total_chunks);
+        if ds.elem != meta.elem || ds.cols != meta.cols || ds.total_chunks != meta.total_chunks {
+            return Err(bad("metadata disagrees with earlier chunks of the same dataset".into()));
+        }
+        ds.chunks.insert(meta.chunk, ResidentChunk { first_row: meta.first_row, values, labels });
+        Ok(())
+    }
+
+    /// Loads chunk ranges of a file source from disk (the worker's own view of a shared filesystem). Returns the
+    /// number of chunks of the dataset now resident.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_source(
+        &mut self,
+        dataset: DatasetId,
+        source: &FileSource,
+        elem: ElemType,
+        fingerprint: [u8; 32],
+        rows: u64,
+        total_chunks: u32,
+        ranges: &[Range<u32>],
+    ) -> Result<u32, WorkerFailure> {
+        let load = |detail: String| WorkerFailure::Load { detail };
+        let info = loaders::describe(source).map_err(|e| load(e.to_string()))?;
+        if info.fingerprint != fingerprint || info.rows as u64 != rows {
+            return Err(load(format!(
+                "{} differs on this host from the file the master described (size, time or shape); every worker \
+                 must see the same files",
+                source.values.display()
+            )));
+        }
+        if total_chunks == 0 || ranges.iter().any(|r| r.end > total_chunks || r.start > r.end) {
+            return Err(load(format!("chunk ranges {ranges:?} do not fit {total_chunks} chunks")));
+        }
+        let cols = info.cols;
+        let row_range = |c: u32| chunk_rows(rows as usize, total_chunks as usize, c as usize);
+        for chunks in ranges.iter().filter(|r| !r.is_empty()) {
+            let all = row_range(chunks.start).start..row_range(chunks.end - 1).end;
+            let (values, labels) = match elem {
+                ElemType::F32 => {
+                    let (v, l) = loaders::read_rows::<f32>(source, all.clone()).map_err(|e| load(e.to_string()))?;
+                    (Values::F32(v), l.map(Values::F32))
+                }
+                ElemType::F64 => {
+                    let (v, l) = loaders::read_rows::<f64>(source, all.clone()).map_err(|e| load(e.to_string()))?;
+                    (Values::F64(v), l.map(Values::F64))
+                }
+            };
+            let ds = self.dataset_mut(dataset, elem, cols as u32, total_chunks);
+            for c in chunks.clone() {
+                let r = row_range(c);
+                let local = (r.start - all.start)..(r.end - all.start);
+                ds.chunks.insert(
+                    c,
+                    ResidentChunk {
+                        first_row: r.start as u64,
+                        values: slice_values(&values, local.start * cols..local.end * cols),
+                        labels: labels.as_ref().map(|l| slice_values(l, local.clone())),
+                    },
+                );
+            }
+        }
+        Ok(self.datasets.get(&dataset).map_or(0, |d| d.chunks.len() as u32))
+    }
+
+    /// The dataset, if resident.
+    pub fn get(&self, id: &DatasetId) -> Option<&ResidentDataset> {
+        self.datasets.get(id)
+    }
+
+    /// Forgets a dataset.
+    pub fn remove(&mut self, id: &DatasetId) {
+        self.datasets.remove(id);
+    }
+
+    /// Forgets some chunks of a dataset.
+    pub fn remove_chunks(&mut self, id: &DatasetId, ranges: &[Range<u32>]) {
+        if let Some(ds) = self.datasets.get_mut(id) {
+            for r in ranges {
+                for c in r.clone() {
+                    ds.chunks.remove(&c);
+                }
+            }
+        }
+    }
+
+    /// Chunks of a dataset resident here.
+    pub fn chunk_count(&self, id: &DatasetId) -> u32 {
+        self.datasets.get(id).map_or(0, |d| d.chunks.len() as u32)
+    }
+}
