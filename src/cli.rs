@@ -50,9 +50,54 @@ pub struct LaunchArgs {
     /// Seconds to wait for an ssh host or a TCP data channel to answer.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
-    /// Seconds a worker may stay silent before it is declared stalled.
-    #[arg(long, default_value_t = 20.0)]
+    /// Seconds a worker may stay silent (no frame, not even a heartbeat) before it is declared lost. Workers
+    /// heartbeat from their own thread, so a long computation is never mistaken for a stall.
+    #[arg(long, default_value_t = 3.0)]
     pub heartbeat_timeout: f64,
+    /// Seconds between a worker's heartbeats.
+    #[arg(long, default_value_t = 0.25)]
+    pub heartbeat_interval: f64,
+    /// Worker losses tolerated before the job stops with an error listing each one (0: the first loss is fatal).
+    #[arg(long, default_value_t = cohort::cluster::DEFAULT_MAX_FAILURES)]
+    pub max_failures: usize,
+    /// Spare workers that replace lost remote workers, e.g. `ssh://node9?slots=2` (hostfile lines marked
+    /// `spare` are added). Lost local workers are replaced by new local processes.
+    #[arg(long, value_name = "SPEC")]
+    pub spares: Option<String>,
+    /// Do not replace lost local workers; move their chunks to the survivors instead.
+    #[arg(long)]
+    pub no_respawn: bool,
+    /// Model replicas for model averaging and synchronous SGD (default: the number of workers). Fixing it makes
+    /// the trained model bit-identical for any number of worker processes.
+    #[arg(long, value_name = "R")]
+    pub replicas: Option<usize>,
+    /// How chunks are spread: `weighted` (by measured speed, the default) or `even`.
+    #[arg(long, default_value = "weighted")]
+    pub placement: String,
+    /// Slow worker W (0-based, in start order) down FACTOR times, to study stragglers (repeatable), e.g. `1:3`.
+    #[arg(long, value_name = "W:FACTOR")]
+    pub straggler: Vec<String>,
+}
+
+impl Default for LaunchArgs {
+    /// The defaults of the flags, for commands that start workers without taking every flag.
+    fn default() -> Self {
+        LaunchArgs {
+            hostfile: None,
+            ssh_options: Vec::new(),
+            worker_binary: None,
+            data_channel: "stdio".into(),
+            connect_timeout: 10.0,
+            heartbeat_timeout: 3.0,
+            heartbeat_interval: 0.25,
+            max_failures: cohort::cluster::DEFAULT_MAX_FAILURES,
+            spares: None,
+            no_respawn: false,
+            replicas: None,
+            placement: "weighted".into(),
+            straggler: Vec::new(),
+        }
+    }
 }
 
 /// Arguments of `cohort demo`.
@@ -244,8 +289,9 @@ pub struct QjamArgs {
     /// Also draw mean iteration time against workers (one line per patch count, qjam's beside) as SVG here.
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
-    /// Seconds a worker may stay silent before it is declared stalled.
-    #[arg(long, default_value_t = 20.0)]
+    /// Seconds a worker may stay silent (no frame, not even a heartbeat) before it is declared lost. Workers
+    /// heartbeat from their own thread, so a long computation is never mistaken for a stall.
+    #[arg(long, default_value_t = 3.0)]
     pub heartbeat_timeout: f64,
 }
 

@@ -22,11 +22,11 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 
 /// Cold (binary copied) and warm (binary cached) start of ssh workers, handshakes included.
 pub fn bootstrap(args: BootstrapArgs) -> Result<()> {
-    let (specs, shown) = super::worker_specs(args.workers.as_deref(), &args.launch)?;
+    let (specs, spares, shown) = super::worker_specs(args.workers.as_deref(), &args.launch)?;
     if !specs.iter().any(|s| matches!(s, WorkerSpec::Ssh { .. })) {
         anyhow::bail!("bench bootstrap measures ssh workers: give --workers ssh://... or --hostfile");
     }
-    let builder = super::builder(specs, &args.launch)?;
+    let builder = super::builder(specs, spares, &args.launch)?;
     let binary = match &args.launch.worker_binary {
         Some(p) => p.clone(),
         None => std::env::current_exe()?,
@@ -139,7 +139,7 @@ pub fn overhead(args: OverheadArgs) -> Result<()> {
 
 fn measure(spec: &str, launch: &LaunchArgs, rounds: usize, payload_bytes: usize) -> Result<OverheadRow> {
     let t = Instant::now();
-    let mut cluster = super::builder(WorkerSpec::parse_list(spec)?, launch)?.start()?;
+    let mut cluster = super::builder(WorkerSpec::parse_list(spec)?, Vec::new(), launch)?.start()?;
     let startup = t.elapsed();
     let workers = cluster.num_workers();
     // One chunk per worker, so every worker takes part in every round.

@@ -105,10 +105,13 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
     let mut curves: Vec<(usize, Vec<f64>, Vec<f64>)> = Vec::new();
     let mut csv = String::from("workers,pass,objective,test_accuracy,seconds\n");
     for &n in &counts {
-        let mut cluster =
-            super::builder(WorkerSpec::parse_list(&format!("local:{n}"))?, &MlpArgs::parse_from(&[])?.common.launch)?
-                .start()
-                .with_context(|| format!("starting {n} local workers"))?;
+        let mut cluster = super::builder(
+            WorkerSpec::parse_list(&format!("local:{n}"))?,
+            Vec::new(),
+            &MlpArgs::parse_from(&[])?.common.launch,
+        )?
+        .start()
+        .with_context(|| format!("starting {n} local workers"))?;
         let h = cluster.load(&data.train)?;
         let session = cluster.open_session(args.seed);
         let mut spec = spec.clone();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cohort::data::loaders::{load_fashion_mnist, named::FASHION_MNIST, Split};
-use cohort::{Cluster, ClusterBuilder, DataChannel, Dataset, Registry, WorkerSpec};
+use cohort::{Cluster, ClusterBuilder, DataChannel, Dataset, Placement, Registry, WorkerSpec};
 
 use crate::cli::{Cli, Command, LaunchArgs, TrainCommand};
 
@@ -37,9 +37,11 @@ pub fn default_workers() -> String {
     format!("local:{cores}")
 }
 
-/// The worker specs from `--workers` and `--hostfile` (default: one local process per core).
-pub fn worker_specs(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Vec<WorkerSpec>, String)> {
+/// The worker specs from `--workers` and `--hostfile` (default: one local process per core), the spares from
+/// `--spares` and the hostfile's `spare` lines, and how to show the workers.
+pub fn worker_specs(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Vec<WorkerSpec>, Vec<WorkerSpec>, String)> {
     let mut specs = Vec::new();
+    let mut spares = Vec::new();
     let mut shown = Vec::new();
     if let Some(w) = workers {
         specs.extend(WorkerSpec::parse_list(w)?);
@@ -47,7 +49,9 @@ pub fn worker_specs(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Vec<W
     }
     if let Some(path) = &launch.hostfile {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read hostfile {}", path.display()))?;
-        specs.extend(WorkerSpec::parse_hostfile(&text, &path.display().to_string())?);
+        let file = WorkerSpec::parse_hostfile(&text, &path.display().to_string())?;
+        specs.extend(file.workers);
+        spares.extend(file.spares);
         shown.push(format!("hostfile {}", path.display()));
     }
     if specs.is_empty() {
@@ -55,11 +59,14 @@ pub fn worker_specs(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Vec<W
         specs = WorkerSpec::parse_list(&d)?;
         shown.push(d);
     }
-    Ok((specs, shown.join(" + ")))
+    if let Some(s) = &launch.spares {
+        spares.extend(WorkerSpec::parse_list(s).context("--spares")?);
+    }
+    Ok((specs, spares, shown.join(" + ")))
 }
 
 /// A cluster builder configured from the launch flags.
-pub fn builder(specs: Vec<WorkerSpec>, launch: &LaunchArgs) -> Result<ClusterBuilder> {
+pub fn builder(specs: Vec<WorkerSpec>, spares: Vec<WorkerSpec>, launch: &LaunchArgs) -> Result<ClusterBuilder> {
     let positive = |name: &str, v: f64| -> Result<Duration> {
         if v.is_finite() && v > 0.0 {
             Ok(Duration::from_secs_f64(v))
@@ -67,11 +74,39 @@ pub fn builder(specs: Vec<WorkerSpec>, launch: &LaunchArgs) -> Result<ClusterBui
             anyhow::bail!("--{name} must be a positive number of seconds, got {v}")
         }
     };
+    let interval = positive("heartbeat-interval", launch.heartbeat_interval)?;
+    let timeout = positive("heartbeat-timeout", launch.heartbeat_timeout)?;
+    if timeout < interval * 2 {
+        anyhow::bail!(
+            "--heartbeat-timeout {} s must be at least twice --heartbeat-interval {} s, or busy workers would be \
+             declared lost",
+            launch.heartbeat_timeout,
+            launch.heartbeat_interval
+        );
+    }
     let mut b = Cluster::builder()
         .workers(specs)
-        .heartbeat_timeout(positive("heartbeat-timeout", launch.heartbeat_timeout)?)
+        .spares(spares)
+        .heartbeat_interval(interval)
+        .heartbeat_timeout(timeout)
         .connect_timeout(positive("connect-timeout", launch.connect_timeout)?)
-        .data_channel(launch.data_channel.parse::<DataChannel>().map_err(anyhow::Error::msg)?);
+        .data_channel(launch.data_channel.parse::<DataChannel>().map_err(anyhow::Error::msg)?)
+        .max_failures(launch.max_failures)
+        .respawn_local(!launch.no_respawn)
+        .placement(launch.placement.parse::<Placement>().map_err(|e| anyhow::anyhow!("--placement: {e}"))?);
+    if let Some(r) = launch.replicas {
+        if r == 0 {
+            anyhow::bail!("--replicas must be at least 1");
+        }
+        b = b.replicas(r);
+    }
+    for s in &launch.straggler {
+        let parsed = s.split_once(':').and_then(|(w, f)| Some((w.parse::<usize>().ok()?, f.parse::<f32>().ok()?)));
+        match parsed {
+            Some((w, f)) if f.is_finite() && f >= 1.0 => b = b.straggler(w, f),
+            _ => anyhow::bail!("--straggler {s:?} must look like WORKER:FACTOR with FACTOR ≥ 1, e.g. 1:3"),
+        }
+    }
     for opt in &launch.ssh_options {
         let (k, v) = opt
             .split_once('=')
@@ -90,8 +125,8 @@ pub fn builder(specs: Vec<WorkerSpec>, launch: &LaunchArgs) -> Result<ClusterBui
 
 /// Parses `--workers`/`--hostfile` (or the default) and starts the cluster.
 pub fn start_cluster(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Cluster, String)> {
-    let (specs, shown) = worker_specs(workers, launch)?;
-    let cluster = builder(specs, launch)?.start().with_context(|| format!("starting workers {shown}"))?;
+    let (specs, spares, shown) = worker_specs(workers, launch)?;
+    let cluster = builder(specs, spares, launch)?.start().with_context(|| format!("starting workers {shown}"))?;
     Ok((cluster, shown))
 }
 

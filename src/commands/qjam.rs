@@ -97,14 +97,7 @@ pub fn run(args: QjamArgs) -> Result<()> {
     }
     let config = SaeConfig::with_hidden(args.hidden);
     config.validate()?;
-    let launch = LaunchArgs {
-        hostfile: None,
-        ssh_options: Vec::new(),
-        worker_binary: None,
-        data_channel: "stdio".into(),
-        connect_timeout: 10.0,
-        heartbeat_timeout: args.heartbeat_timeout,
-    };
+    let launch = LaunchArgs { heartbeat_timeout: args.heartbeat_timeout, ..LaunchArgs::default() };
     let mut source = String::new();
     let mut datasets = Vec::new();
     for &n in &sizes {
@@ -154,7 +147,7 @@ fn measure(
     launch: &LaunchArgs,
 ) -> Result<Cell> {
     let started = Instant::now();
-    let mut cluster = super::builder(vec![WorkerSpec::Local { count: workers }], launch)?
+    let mut cluster = super::builder(vec![WorkerSpec::Local { count: workers }], Vec::new(), launch)?
         .start()
         .with_context(|| format!("starting {workers} local workers"))?;
     let startup = started.elapsed();

@@ -110,3 +110,30 @@ impl cohort::Multipass for PassProbe {
         next
     }
 }
+
+/// Parameters of the slow job: how long each chunk's map sleeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowPlan {
+    /// Milliseconds per chunk.
+    pub millis: u64,
+}
+
+/// Sums like [`Sum`] but sleeps in every map: a long computation, to check that a busy worker keeps its heartbeat.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Slow;
+
+impl MapReduce for Slow {
+    const NAME: &'static str = "cohort.slow";
+    type Elem = f64;
+    type Params = Serde<SlowPlan>;
+    type Output = f64;
+
+    fn map(&self, plan: &Serde<SlowPlan>, shard: &Shard<'_, f64>) -> f64 {
+        std::thread::sleep(std::time::Duration::from_millis(plan.0.millis));
+        shard.values.iter().sum()
+    }
+
+    fn reduce(&self, a: f64, b: f64) -> f64 {
+        a + b
+    }
+}

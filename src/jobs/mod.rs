@@ -12,6 +12,7 @@ pub fn registry() -> Registry {
         .map_reduce(linear::LinearGradient)
         .map_reduce(diag::Sum)
         .map_reduce(diag::Fault)
+        .map_reduce(diag::Slow)
         .multipass(diag::PassProbe)
         .map_reduce(cohort_ml::mlp::full_batch::MlpCostGrad)
         .multipass(cohort_ml::mlp::jobs::PsgdJob)

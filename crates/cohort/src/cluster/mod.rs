@@ -17,4 +17,4 @@ pub use builder::{ClusterBuilder, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_
 pub use launch::DataChannel;
 pub use master::{Cluster, DatasetHandle, Session, SessionSnapshot, Stats};
 pub use scheduler::{FailureRecord, Placement, WorkerReport};
-pub use spec::{SshTarget, WorkerSpec};
+pub use spec::{Hostfile, SshTarget, WorkerSpec};
