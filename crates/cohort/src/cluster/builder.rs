@@ -32,6 +32,7 @@ pub struct ClusterBuilder {
     replicas: Option<u32>,
     placement: Placement,
     stragglers: Vec<(usize, f32)>,
+    auto: bool,
 }
 
 /// Worker losses a cluster tolerates by default before it gives up.
@@ -61,6 +62,7 @@ impl Default for ClusterBuilder {
             replicas: None,
             placement: Placement::Weighted,
             stragglers: Vec::new(),
+            auto: false,
         }
     }
 }
@@ -111,6 +113,14 @@ impl ClusterBuilder {
     /// stragglers reproducibly.
     pub fn straggler(mut self, index: usize, factor: f32) -> Self {
         self.stragglers.push((index, factor));
+        self
+    }
+
+    /// Chooses how many of the started workers to keep after the first map-reduce round: the round's compute per
+    /// chunk and overhead per worker predict the round time of every smaller count, the fastest is kept and the
+    /// other workers are retired (their chunks move). Results do not change. See [`Cluster::auto_choice`].
+    pub fn auto_workers(mut self, on: bool) -> Self {
+        self.auto = on;
         self
     }
 
@@ -253,8 +263,12 @@ impl ClusterBuilder {
             spares: remote_spares + local_spares,
             replicas: self.replicas,
         };
-        let driver =
-            DriverConfig { heartbeat_interval: self.heartbeat_interval, stragglers: self.stragglers.clone(), spares };
+        let driver = DriverConfig {
+            heartbeat_interval: self.heartbeat_interval,
+            stragglers: self.stragglers.clone(),
+            spares,
+            auto: self.auto,
+        };
         let mut cluster = Cluster::new(launcher.clone(), driver, sched);
 
         // Remote hosts first: connecting and copying run in parallel, one thread per host.

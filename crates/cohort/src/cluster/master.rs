@@ -78,6 +78,19 @@ pub struct Stats {
     pub failures: usize,
 }
 
+/// What `auto` worker selection decided after the first round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoChoice {
+    /// Workers the cluster started with (and measured the first round on).
+    pub started: usize,
+    /// Workers kept.
+    pub chose: usize,
+    /// Predicted round time for each candidate count, 1 ..= `started`.
+    pub predicted: Vec<(usize, Duration)>,
+    /// The measured first round.
+    pub measured: super::scheduler::RoundProfile,
+}
+
 /// A multipass session: identifies the replica-local states of the jobs run with it.
 #[derive(Debug)]
 pub struct Session {
@@ -156,6 +169,8 @@ pub(super) struct DriverConfig {
     pub stragglers: Vec<(usize, f32)>,
     /// Spare slots for replacing lost remote workers.
     pub spares: VecDeque<WorkerSpec>,
+    /// Choose the number of workers after the first round.
+    pub auto: bool,
 }
 
 /// A running set of workers.
@@ -173,6 +188,9 @@ pub struct Cluster {
     next_id: WorkerId,
     started: usize,
     shipped: HashMap<DatasetId, Arc<dyn Shippable>>,
+    /// Processes of retired workers, asked to exit.
+    retired: Vec<WorkerProcess>,
+    auto_choice: Option<AutoChoice>,
 }
 
 impl Cluster {
@@ -192,6 +210,8 @@ impl Cluster {
             next_id: 0,
             started: 0,
             shipped: HashMap::new(),
+            retired: Vec::new(),
+            auto_choice: None,
         }
     }
 
@@ -234,6 +254,32 @@ impl Cluster {
     /// What each worker (lost ones included) holds and did: chunks, chunks computed, busy time.
     pub fn worker_reports(&self) -> Vec<WorkerReport> {
         self.sched.reports()
+    }
+
+    /// What automatic worker selection ([`ClusterBuilder::auto_workers`](super::ClusterBuilder::auto_workers))
+    /// decided, once the first round has run.
+    pub fn auto_choice(&self) -> Option<&AutoChoice> {
+        self.auto_choice.as_ref()
+    }
+
+    /// After the first round: predicts the round time for every worker count up to the current one from what the
+    /// round cost, keeps the fastest count (the lowest on ties within 2 %) and retires the other workers.
+    fn choose_workers(&mut self) {
+        let Some(profile) = self.sched.last_round().cloned() else { return };
+        self.cfg.auto = false;
+        let live = self.sched.live();
+        let predicted: Vec<(usize, Duration)> = (1..=live.len()).map(|n| (n, profile.predict(n))).collect();
+        let best = predicted.iter().map(|(_, t)| *t).min().unwrap_or_default();
+        let chose = predicted
+            .iter()
+            .find(|(_, t)| t.as_secs_f64() <= best.as_secs_f64() * 1.02)
+            .map_or(live.len(), |(n, _)| *n);
+        for &w in &live[chose..] {
+            self.sched.retire(w);
+        }
+        let _ = self.act();
+        tracing::info!(started = live.len(), chose, "automatic worker count");
+        self.auto_choice = Some(AutoChoice { started: live.len(), chose, predicted, measured: profile });
     }
 
     /// The instant the cluster's clock counts from ([`FailureRecord`] times are relative to it).
@@ -390,6 +436,7 @@ impl Cluster {
                     Action::Send { worker, message, payload } => self.send(worker, &message, payload),
                     Action::Ship { worker, dataset, chunks, req } => self.ship(worker, dataset, &chunks, req),
                     Action::Kill { worker } => self.kill(worker),
+                    Action::Retire { worker } => self.retire(worker),
                     Action::Spawn { origin } => self.spawn(origin),
                     Action::Done(outcome) => {
                         result.get_or_insert(Ok(outcome));
@@ -472,6 +519,15 @@ impl Cluster {
             slot.conn.close();
             slot._keepalive = None;
             drop(slot.process.take()); // kills it if it still runs
+        }
+    }
+
+    /// Asks a retired worker to exit; its process is reaped when the cluster stops.
+    fn retire(&mut self, worker: WorkerId) {
+        if let Some(mut slot) = self.slots.remove(&worker) {
+            let _ = slot.conn.send(&Message::Shutdown, Arc::new(Vec::new()));
+            slot.conn.close();
+            self.retired.extend(slot.process.take());
         }
     }
 
@@ -630,10 +686,14 @@ impl Cluster {
             decoded.insert(node, value);
         }
         let tree = Tree::new(data.chunks as u32);
-        tree.finish(&mut decoded, &mut |a, b| job.reduce(a, b)).map_err(|chunk| Error::Protocol {
+        let result = tree.finish(&mut decoded, &mut |a, b| job.reduce(a, b)).map_err(|chunk| Error::Protocol {
             worker: "all workers".into(),
             detail: format!("no partial result covers chunk {chunk}"),
-        })
+        })?;
+        if self.cfg.auto {
+            self.choose_workers();
+        }
+        Ok(result)
     }
 
     /// Opens a multipass session: replica-local states of the jobs run with it live until
@@ -739,6 +799,9 @@ impl Cluster {
             if let Some(mut p) = slot.process.take() {
                 p.finish(deadline);
             }
+        }
+        for p in &mut self.retired {
+            p.finish(deadline);
         }
         self.slots.clear();
         self.hosts.clear();

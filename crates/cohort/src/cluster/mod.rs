@@ -15,6 +15,6 @@ pub mod worker;
 
 pub use builder::{ClusterBuilder, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAX_FAILURES};
 pub use launch::DataChannel;
-pub use master::{Cluster, DatasetHandle, Session, SessionSnapshot, Stats};
-pub use scheduler::{FailureRecord, Placement, WorkerReport};
+pub use master::{AutoChoice, Cluster, DatasetHandle, Session, SessionSnapshot, Stats};
+pub use scheduler::{FailureRecord, Placement, RoundProfile, WorkerReport};
 pub use spec::{Hostfile, SshTarget, WorkerSpec};

@@ -107,6 +107,8 @@ pub(crate) enum Action {
     Ship { worker: WorkerId, dataset: DatasetId, chunks: Vec<Range<u32>>, req: RequestId },
     /// Stop the worker for good (kill its process, close its connection).
     Kill { worker: WorkerId },
+    /// Ask the worker to exit cleanly (it was retired, not lost).
+    Retire { worker: WorkerId },
     /// Start a replacement worker of this origin.
     Spawn { origin: Origin },
     /// The operation in flight finished.
@@ -179,9 +181,13 @@ pub struct WorkerReport {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Status {
-    Joining { deadline: Duration },
+    Joining {
+        deadline: Duration,
+    },
     Live,
     Lost,
+    /// Left the cluster on purpose (`retire`).
+    Retired,
 }
 
 /// An exponentially weighted rate with a sample count.
@@ -293,6 +299,9 @@ impl Pending {
 
 #[derive(Debug)]
 struct MapOp {
+    started: Duration,
+    /// Compute time and chunks each worker reported in this round.
+    work: BTreeMap<WorkerId, (Duration, u32)>,
     job: String,
     dataset: DatasetId,
     params: Arc<Vec<u8>>,
@@ -353,6 +362,32 @@ pub(crate) struct Scheduler {
     fatal: Option<String>,
     actions: VecDeque<Action>,
     rounds: u64,
+    last_round: Option<RoundProfile>,
+}
+
+/// What the last map-reduce round cost: its wall time and each worker's compute time and chunks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundProfile {
+    /// Chunks of the dataset.
+    pub chunks: u32,
+    /// From the requests going out to the last answer.
+    pub wall: Duration,
+    /// Per worker that computed: (compute time it reported, chunks it computed).
+    pub work: Vec<(Duration, u32)>,
+}
+
+impl RoundProfile {
+    /// Predicted round time with `n` workers sharing the chunks evenly: each worker's share of the chunks at the
+    /// measured compute time per chunk, plus the measured per-worker overhead (the round's wall time beyond its
+    /// slowest worker's compute, divided by the workers) times `n`.
+    pub fn predict(&self, n: usize) -> Duration {
+        let n = n.max(1);
+        let (compute, chunks) = self.work.iter().fold((Duration::ZERO, 0u32), |(c, k), (wc, wk)| (c + *wc, k + *wk));
+        let per_chunk = compute.checked_div(chunks.max(1)).unwrap_or_default();
+        let slowest = self.work.iter().map(|(c, _)| *c).max().unwrap_or_default();
+        let per_worker = self.wall.saturating_sub(slowest) / self.work.len().max(1) as u32;
+        per_worker * n as u32 + per_chunk * (self.chunks as usize).div_ceil(n) as u32
+    }
 }
 
 impl Scheduler {
@@ -375,6 +410,7 @@ impl Scheduler {
             fatal: None,
             actions: VecDeque::new(),
             rounds: 0,
+            last_round: None,
         }
     }
 
@@ -394,7 +430,7 @@ impl Scheduler {
             match w.status {
                 Status::Live => at(w.last_seen + self.cfg.heartbeat_timeout),
                 Status::Joining { deadline } => at(deadline),
-                Status::Lost => {}
+                Status::Lost | Status::Retired => {}
             }
         }
         for s in &self.spawning {
@@ -433,6 +469,38 @@ impl Scheduler {
                 busy: w.busy,
             })
             .collect()
+    }
+
+    /// What the last map-reduce round cost.
+    pub fn last_round(&self) -> Option<&RoundProfile> {
+        self.last_round.as_ref()
+    }
+
+    /// Takes a live worker out of the cluster between operations, without counting a failure: its units move to
+    /// the other live workers and it is asked to exit. Returns whether it was retired (not if it is the last live
+    /// worker or an operation is in flight).
+    pub fn retire(&mut self, worker: WorkerId) -> bool {
+        let live = self.live();
+        if !matches!(self.op, Op::Idle) || live.len() < 2 || !live.contains(&worker) {
+            return false;
+        }
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.status = Status::Retired;
+        }
+        self.outstanding.retain(|_, p| p.worker() != worker);
+        self.actions.push_back(Action::Retire { worker });
+        let mut units = Vec::new();
+        for (id, d) in &mut self.datasets {
+            for (u, o) in d.owner.iter_mut().enumerate() {
+                if *o == Some(worker) {
+                    *o = None;
+                    units.push((*id, u));
+                }
+            }
+        }
+        let rest: Vec<WorkerId> = live.into_iter().filter(|w| *w != worker).collect();
+        self.assign_units(units, &rest);
+        true
     }
 
     /// Completed map-reduce rounds and passes.
@@ -534,6 +602,8 @@ impl Scheduler {
         self.rebalance(dataset, job);
         let chunks = self.datasets[&dataset].spec.chunks;
         self.op = Op::Map(MapOp {
+            started: now,
+            work: BTreeMap::new(),
             job: job.to_string(),
             dataset,
             params,
@@ -779,6 +849,9 @@ impl Scheduler {
             violation = Some(format!("ended its answer without chunks {:?}", runs(remaining.iter().copied())));
         }
         let finished = remaining.is_empty();
+        let w = op.work.entry(worker).or_default();
+        w.0 += Duration::from_micros(compute_us);
+        w.1 += accepted.iter().map(|(_, span)| span.len() as u32).sum::<u32>();
         let job = op.job.clone();
         let dataset = op.dataset;
         if let Some(detail) = violation {
@@ -801,6 +874,11 @@ impl Scheduler {
             if op.missing.is_empty() {
                 let Op::Map(op) = std::mem::replace(&mut self.op, Op::Idle) else { unreachable!() };
                 self.rounds += 1;
+                self.last_round = Some(RoundProfile {
+                    chunks: op.tree.chunks(),
+                    wall: self.now.saturating_sub(op.started),
+                    work: op.work.into_values().collect(),
+                });
                 self.done(Outcome::Mapped { parts: op.parts });
             }
         }
@@ -891,7 +969,7 @@ impl Scheduler {
     /// started, else to the survivors) and re-requests the work it owed the operation in flight.
     fn lose(&mut self, worker: WorkerId, error: Error) {
         let Some(w) = self.workers.get_mut(&worker) else { return };
-        if w.status == Status::Lost {
+        if matches!(w.status, Status::Lost | Status::Retired) {
             return;
         }
         let was_joining = matches!(w.status, Status::Joining { .. });

@@ -277,7 +277,7 @@ impl Sim {
                     }
                     self.send_to_worker(worker, Message::LoadDone { req, dataset }, Vec::new());
                 }
-                Action::Kill { worker } => {
+                Action::Kill { worker } | Action::Retire { worker } => {
                     if let Some(w) = self.workers.get_mut(&worker) {
                         w.died.get_or_insert(self.now);
                     }
@@ -734,4 +734,54 @@ fn a_straggler_gets_a_smaller_share_under_weighted_placement() {
     let owners = sim.sched.owners(&sim.data.id());
     let slow = owners.iter().filter(|o| **o == Some(0)).count();
     assert!((14..=18).contains(&slow), "the 3x slower worker holds {slow} of 64 chunks");
+}
+
+#[test]
+fn a_retired_worker_hands_its_chunks_over_without_counting_a_failure() {
+    let s = Scenario {
+        workers: 3,
+        chunks: 12,
+        rows_per_chunk: 1,
+        rounds: 1,
+        passes: 0,
+        replicas: None,
+        max_failures: 0,
+        respawn: false,
+        spares: 0,
+        placement: Placement::Even,
+        streaming: false,
+        cost: vec![1, 1, 1],
+        faults: vec![],
+        spawn_fail: 0.0,
+        seed: 5,
+    };
+    let mut sim = Sim::new(&s, false);
+    let before = sim.script(&s).unwrap();
+    let profile = sim.sched.last_round().cloned().unwrap();
+    assert_eq!(profile.work.iter().map(|(_, k)| k).sum::<u32>(), 12);
+    assert!(sim.sched.retire(2));
+    assert!(!sim.sched.retire(2), "already gone");
+    let id = sim.data.id();
+    sim.sched.map(sim.now, Bracket::NAME, id, Arc::new(0u64.to_bytes()));
+    let Outcome::Mapped { parts } = sim.run().unwrap() else { panic!() };
+    let mut parts: BTreeMap<u32, String> =
+        parts.into_iter().map(|(n, (_, b))| (n, String::from_bytes(&b).unwrap())).collect();
+    assert_eq!(Tree::new(12).finish(&mut parts, &mut |a, b| Bracket.reduce(a, b)).unwrap(), before[0]);
+    assert!(sim.sched.failures().is_empty());
+    assert_eq!(sim.sched.owners(&id).iter().filter(|o| **o == Some(2)).count(), 0);
+    assert!(sim.sched.retire(1));
+    assert!(!sim.sched.retire(0), "the last worker stays");
+}
+
+#[test]
+fn round_predictions_trade_overhead_against_compute() {
+    // 8 chunks of 1 ms on 4 workers; the round took 3 ms, 1 ms beyond the slowest worker: 0.25 ms per worker.
+    let p = RoundProfile { chunks: 8, wall: Duration::from_millis(3), work: vec![(Duration::from_millis(2), 2); 4] };
+    assert_eq!(p.predict(1), Duration::from_micros(250 + 8_000));
+    assert_eq!(p.predict(4), Duration::from_micros(1_000 + 2_000));
+    assert_eq!(p.predict(8), Duration::from_micros(2_000 + 1_000));
+    // Tiny chunks: one worker is best.
+    let p = RoundProfile { chunks: 4, wall: Duration::from_micros(400), work: vec![(Duration::from_micros(10), 1); 4] };
+    let best = (1..=4).min_by_key(|&n| p.predict(n)).unwrap();
+    assert_eq!(best, 1);
 }
