@@ -160,6 +160,9 @@ pub struct FailureRecord {
     pub cause: String,
     /// When, as time since the cluster started.
     pub detected: Duration,
+    /// What the cluster was doing then: `start-up`, `load`, `round`, `pass`, or `between operations` (a loss
+    /// noticed as the next operation starts).
+    pub during: &'static str,
     /// When the work in flight at the loss was complete again (the next finished operation).
     pub recovered: Option<Duration>,
 }
@@ -977,10 +980,12 @@ impl Scheduler {
         w.status = Status::Lost;
         let label = w.label.clone();
         self.actions.push_back(Action::Kill { worker });
+        let during = self.phase();
         self.failures.push(FailureRecord {
             worker: label,
             cause: error.to_string(),
             detected: self.now,
+            during,
             recovered: None,
         });
         // Whatever it owed is owed again.
@@ -1078,10 +1083,12 @@ impl Scheduler {
 
     fn spawn_failed(&mut self, reason: String) {
         let Some(mut spawning) = self.spawning.pop_front() else { return };
+        let during = self.phase();
         self.failures.push(FailureRecord {
             worker: "replacement worker".into(),
             cause: reason,
             detected: self.now,
+            during,
             recovered: None,
         });
         if self.failures.len() > self.cfg.max_failures {
@@ -1211,6 +1218,16 @@ impl Scheduler {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn phase(&self) -> &'static str {
+        match self.op {
+            Op::Idle => "between operations",
+            Op::Start { .. } => "start-up",
+            Op::Load { .. } | Op::Describe { .. } => "load",
+            Op::Map(_) => "round",
+            Op::Pass(_) => "pass",
         }
     }
 

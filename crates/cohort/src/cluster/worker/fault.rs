@@ -48,7 +48,7 @@ pub(crate) struct Fault {
 impl Fault {
     /// The fault armed in this process's environment, if any. A malformed spec is reported on stderr and ignored.
     pub fn from_env() -> Option<Fault> {
-        let spec = std::env::var(FAULT_ENV).ok()?;
+        let spec = std::env::var(FAULT_ENV).ok().filter(|s| !s.is_empty())?;
         match Fault::parse(&spec) {
             Ok(mut f) => {
                 f.once = std::env::var_os(FAULT_ONCE_ENV).map(Into::into);
