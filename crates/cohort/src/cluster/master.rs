@@ -191,6 +191,8 @@ pub struct Cluster {
     /// Processes of retired workers, asked to exit.
     retired: Vec<WorkerProcess>,
     auto_choice: Option<AutoChoice>,
+    /// When liveness was last fed to the scheduler.
+    last_tick: Duration,
 }
 
 impl Cluster {
@@ -212,6 +214,7 @@ impl Cluster {
             shipped: HashMap::new(),
             retired: Vec::new(),
             auto_choice: None,
+            last_tick: Duration::ZERO,
         }
     }
 
@@ -395,7 +398,13 @@ impl Cluster {
             match self.events.recv_timeout(wait) {
                 Ok(incoming) => {
                     self.feed(incoming);
-                    self.pump();
+                    while let Ok(incoming) = self.events.try_recv() {
+                        self.feed(incoming);
+                    }
+                    // Liveness matters only at deadlines: between them, feed it now and then, not per frame.
+                    if self.epoch.elapsed().saturating_sub(self.last_tick) >= Duration::from_millis(50) {
+                        self.tick();
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => self.tick(),
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the cluster holds a sender"),
@@ -413,6 +422,7 @@ impl Cluster {
 
     fn tick(&mut self) {
         let now = self.now();
+        self.last_tick = now;
         for (&id, slot) in &self.slots {
             if slot.handshake.is_none() {
                 let at = slot.conn.last_seen().saturating_duration_since(self.epoch);
