@@ -125,8 +125,14 @@ pub fn builder(specs: Vec<WorkerSpec>, spares: Vec<WorkerSpec>, launch: &LaunchA
 
 /// Parses `--workers`/`--hostfile` (or the default) and starts the cluster.
 pub fn start_cluster(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Cluster, String)> {
-    let (specs, spares, shown) = worker_specs(workers, launch)?;
-    let cluster = builder(specs, spares, launch)?.start().with_context(|| format!("starting workers {shown}"))?;
+    // `auto`: start one local worker per core and keep, after the first round, the count predicted fastest.
+    let auto = workers.is_some_and(|w| w.trim() == "auto");
+    let (specs, spares, shown) = worker_specs(if auto { None } else { workers }, launch)?;
+    let shown = if auto { format!("auto (from {shown})") } else { shown };
+    let cluster = builder(specs, spares, launch)?
+        .auto_workers(auto)
+        .start()
+        .with_context(|| format!("starting workers {shown}"))?;
     Ok((cluster, shown))
 }
 
