@@ -1,11 +1,11 @@
 //! Configuring and starting a cluster: the [`ClusterBuilder`]. It bootstraps the ssh hosts in parallel (connect,
-//! check the platform, install the binary), starts every worker through the [`Launcher`](super::launch), and hands
+//! check the platform, install the binary), starts every worker through the [`Spawner`](super::launch), and hands
 //! them to the [`Cluster`], whose scheduler completes the handshakes.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::launch::{spare_slots, DataChannel, Launcher};
+use super::spawn::{spare_slots, DataChannel, Spawner};
 use super::master::{Cluster, DriverConfig};
 use super::scheduler::{Config, Placement};
 use super::spec::{SshTarget, WorkerSpec};
@@ -212,7 +212,7 @@ impl ClusterBuilder {
         Ok(removed)
     }
 
-    fn launcher(&self) -> Result<Launcher> {
+    fn spawner(&self) -> Result<Spawner> {
         let launch_err = |reason: String| Error::Launch { worker: "workers".into(), reason };
         let program = match &self.program {
             Some(p) => p.clone(),
@@ -228,7 +228,7 @@ impl ClusterBuilder {
                 .map_err(|e| launch_err(format!("cannot read --worker-binary {}: {e}", p.display())))?,
             None => program_hash,
         };
-        Ok(Launcher {
+        Ok(Spawner {
             remote_binary: self.remote_binary.clone().unwrap_or_else(|| program.clone()),
             program,
             secret: Secret::generate(),
@@ -250,7 +250,7 @@ impl ClusterBuilder {
         if total == 0 {
             return Err(Error::NoWorkers);
         }
-        let launcher = self.launcher()?;
+        let spawner = self.spawner()?;
         let spares = spare_slots(&self.spares);
         let remote_spares = spares.iter().filter(|s| matches!(s, WorkerSpec::Ssh { .. })).count();
         let local_spares = spares.len() - remote_spares;
@@ -269,7 +269,7 @@ impl ClusterBuilder {
             spares,
             auto: self.auto,
         };
-        let mut cluster = Cluster::new(launcher.clone(), driver, sched);
+        let mut cluster = Cluster::new(spawner.clone(), driver, sched);
 
         // Remote hosts first: connecting and copying run in parallel, one thread per host.
         let mut remote: Vec<(SshTarget, usize)> = Vec::new();
@@ -282,9 +282,9 @@ impl ClusterBuilder {
             }
         }
         if !remote.is_empty() {
-            for (host, path, slots) in bootstrap_hosts(&remote, &launcher)? {
+            for (host, path, slots) in bootstrap_hosts(&remote, &spawner)? {
                 for _ in 0..slots {
-                    let launched = launcher
+                    let launched = spawner
                         .remote(&host, &path)
                         .map_err(|reason| Error::Launch { worker: format!("a worker on {}", host.target()), reason })?;
                     cluster.add(launched)?;
@@ -295,8 +295,8 @@ impl ClusterBuilder {
         for spec in &self.specs {
             if let WorkerSpec::Local { count } = spec {
                 for _ in 0..*count {
-                    let launched = launcher.local().map_err(|reason| Error::Launch {
-                        worker: format!("a local worker ({})", launcher.program.display()),
+                    let launched = spawner.local().map_err(|reason| Error::Launch {
+                        worker: format!("a local worker ({})", spawner.program.display()),
                         reason,
                     })?;
                     cluster.add(launched)?;
@@ -310,10 +310,10 @@ impl ClusterBuilder {
 
 /// Connects to every host, checks its platform and installs the worker binary, in parallel. Returns each host's
 /// connection, the remote path of the binary and the slot count, in the order given.
-fn bootstrap_hosts(remote: &[(SshTarget, usize)], launcher: &Launcher) -> Result<Vec<(SshHost, String, usize)>> {
+fn bootstrap_hosts(remote: &[(SshTarget, usize)], spawner: &Spawner) -> Result<Vec<(SshHost, String, usize)>> {
     let results: Vec<std::result::Result<(SshHost, String), String>> = std::thread::scope(|scope| {
         let handles: Vec<_> =
-            remote.iter().map(|(target, _)| scope.spawn(move || launcher.bootstrap(target))).collect();
+            remote.iter().map(|(target, _)| scope.spawn(move || spawner.bootstrap(target))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("bootstrap thread panicked".into()))).collect()
     });
     let mut hosts = Vec::new();

@@ -24,7 +24,7 @@ pub(crate) enum Incoming {
     /// Something happened on worker `worker`'s connection at `at`.
     Conn { worker: usize, kind: EventKind, at: Instant },
     /// A worker started in the background (a spare on another host) is ready, or could not be started.
-    Launched(Result<Box<super::launch::Launched>, String>),
+    Launched(Result<Box<super::spawn::Launched>, String>),
 }
 
 /// Byte counters shared by every connection of a cluster.

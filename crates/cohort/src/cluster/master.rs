@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::conn::{Conn, Counters, EventKind, Incoming};
-use super::launch::{Launched, Launcher};
+use super::spawn::{Launched, Spawner};
 use super::process::WorkerProcess;
 use super::scheduler::{
     Action, Config, DatasetSpec, Event, FailureRecord, Origin, Outcome, Scheduler, Source, WorkerId, WorkerReport,
@@ -178,7 +178,7 @@ pub struct Cluster {
     slots: BTreeMap<WorkerId, Slot>,
     /// Open ssh connections; declared after `slots` so worker sessions close before their connection.
     hosts: Vec<SshHost>,
-    launcher: Launcher,
+    spawner: Spawner,
     cfg: DriverConfig,
     sched: Scheduler,
     events: Receiver<Incoming>,
@@ -197,12 +197,12 @@ pub struct Cluster {
 
 impl Cluster {
     /// A cluster with no workers yet (the builder adds them).
-    pub(super) fn new(launcher: Launcher, cfg: DriverConfig, sched: Config) -> Cluster {
+    pub(super) fn new(spawner: Spawner, cfg: DriverConfig, sched: Config) -> Cluster {
         let (events_tx, events) = crossbeam_channel::unbounded();
         Cluster {
             slots: BTreeMap::new(),
             hosts: Vec::new(),
-            launcher,
+            spawner,
             cfg,
             sched: Scheduler::new(sched),
             events,
@@ -310,7 +310,7 @@ impl Cluster {
             self.epoch,
         )
         .map_err(|e| Error::Launch { worker: label.clone(), reason: format!("cannot start I/O threads: {e}") })?;
-        let hs = MasterHandshake::new(self.launcher.secret.clone(), launched.expected);
+        let hs = MasterHandshake::new(self.spawner.secret.clone(), launched.expected);
         conn.send(&hs.hello(), Arc::new(Vec::new()))?;
         let index = self.started;
         self.started += 1;
@@ -332,10 +332,10 @@ impl Cluster {
 
     /// Starts a replacement worker (the scheduler asked for one).
     fn spawn(&mut self, origin: Origin) {
-        let launcher = self.launcher.clone();
+        let spawner = self.spawner.clone();
         match origin {
             Origin::Local => {
-                let result = launcher.local();
+                let result = spawner.local();
                 self.launched(result.map(Box::new));
             }
             Origin::Remote => {
@@ -344,14 +344,14 @@ impl Cluster {
                     return;
                 };
                 if matches!(spec, WorkerSpec::Local { .. }) {
-                    let result = launcher.local();
+                    let result = spawner.local();
                     self.launched(result.map(Box::new));
                     return;
                 }
                 // Connecting and installing on a new host takes seconds: do it aside, the loop goes on.
                 let tx = self.events_tx.clone();
                 let spawned = std::thread::Builder::new().name("cohort-spare".into()).spawn(move || {
-                    let _ = tx.send(Incoming::Launched(launcher.spare(&spec).map(Box::new)));
+                    let _ = tx.send(Incoming::Launched(spawner.spare(&spec).map(Box::new)));
                 });
                 if let Err(e) = spawned {
                     let reason = format!("cannot start a thread: {e}");

@@ -1,11 +1,11 @@
 //! The cluster runtime, in layers: the [`scheduler`] decides (placement, rounds, liveness, recovery) without any
 //! I/O; the master ([`Cluster`]) is the driver that feeds it from the connections and carries out its decisions;
-//! `launch` starts worker processes (local, [`ssh`]) for the builder and for replacements; `conn` is one worker's
+//! `spawn` starts worker processes (local, [`ssh`]) for the builder and for replacements; `conn` is one worker's
 //! connection; [`worker`] is the loop a worker process runs.
 
 mod builder;
 mod conn;
-mod launch;
+mod spawn;
 mod master;
 pub mod process;
 pub mod scheduler;
@@ -14,7 +14,7 @@ pub mod ssh;
 pub mod worker;
 
 pub use builder::{ClusterBuilder, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAX_FAILURES};
-pub use launch::DataChannel;
+pub use spawn::DataChannel;
 pub use master::{AutoChoice, Cluster, DatasetHandle, Session, SessionSnapshot, Stats};
 pub use scheduler::{FailureRecord, Placement, RoundProfile, WorkerReport};
 pub use spec::{Hostfile, SshTarget, WorkerSpec};

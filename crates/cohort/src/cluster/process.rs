@@ -47,7 +47,7 @@ impl WorkerProcess {
         prefix: String,
         forward_stderr: bool,
     ) -> std::io::Result<(WorkerProcess, ChildStdout, ChildStdin)> {
-        let mut child = super::launch::spawn_tied(cmd)?;
+        let mut child = super::spawn::spawn_tied(cmd)?;
         let stdout = child.stdout.take().expect("stdout was piped");
         let stdin = child.stdin.take().expect("stdin was piped");
         let stderr = child.stderr.take().expect("stderr was piped");

@@ -99,7 +99,7 @@ impl SshHost {
         add_common_args(&mut cmd, target, config);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         die_with_parent(&mut cmd);
-        let mut master = match super::launch::spawn_tied(cmd) {
+        let mut master = match super::spawn::spawn_tied(cmd) {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);

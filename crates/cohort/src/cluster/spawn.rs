@@ -56,7 +56,7 @@ pub(crate) struct Launched {
 
 /// Everything needed to start a worker, now or later.
 #[derive(Clone)]
-pub(crate) struct Launcher {
+pub(crate) struct Spawner {
     pub program: PathBuf,
     pub secret: Secret,
     /// Hash local workers must present.
@@ -74,7 +74,7 @@ pub(crate) struct Launcher {
     pub ssh: SshConfig,
 }
 
-impl Launcher {
+impl Spawner {
     /// Starts a local worker process.
     pub fn local(&self) -> Result<Launched, String> {
         let (process, stdout, stdin) =
