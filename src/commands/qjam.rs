@@ -102,7 +102,8 @@ pub fn run(args: QjamArgs) -> Result<()> {
         ssh_options: Vec::new(),
         worker_binary: None,
         data_channel: "stdio".into(),
-        connect_timeout: 10.0,
+        connect_timeout: None,
+        secret_file: None,
         heartbeat_timeout: args.heartbeat_timeout,
     };
     let mut source = String::new();

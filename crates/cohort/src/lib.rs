@@ -45,7 +45,9 @@ pub mod rng;
 pub mod tree;
 pub mod wire;
 
-pub use cluster::{worker, Cluster, ClusterBuilder, DataChannel, DatasetHandle, Session, SshTarget, Stats, WorkerSpec};
+pub use cluster::{
+    launch, worker, Cluster, ClusterBuilder, DataChannel, DatasetHandle, Session, SshTarget, Stats, WorkerSpec,
+};
 pub use data::{DataError, Dataset, Element, Shard};
 pub use error::{Error, Result};
 pub use job::{Contribution, MapReduce, Multipass, Registry, WorkerContext};

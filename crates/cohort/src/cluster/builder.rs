@@ -23,6 +23,7 @@ pub struct ClusterBuilder {
     pub(super) remote_binary: Option<PathBuf>,
     pub(super) ssh: SshConfig,
     pub(super) data_channel: DataChannel,
+    pub(super) launcher: Option<super::launch::Launcher>,
 }
 
 /// How the master and an ssh worker exchange frames.
@@ -60,6 +61,7 @@ impl Default for ClusterBuilder {
             remote_binary: None,
             ssh: SshConfig::default(),
             data_channel: DataChannel::Stdio,
+            launcher: None,
         }
     }
 }
@@ -133,6 +135,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Also takes workers from a launcher: as rank 0, the other ranks of a job that `srun`, `mpirun` or Kubernetes
+    /// started; or, inside a Slurm allocation, tasks of an `srun` step this cluster starts. They join after the
+    /// local and ssh workers, admitted over TCP after proving the launcher's job secret.
+    pub fn launcher(mut self, launcher: impl Into<super::launch::Launcher>) -> Self {
+        self.launcher = Some(launcher.into());
+        self
+    }
+
     /// Whether worker stderr lines are copied to the master's stderr, prefixed with the worker (default on).
     pub fn forward_stderr(mut self, on: bool) -> Self {
         self.forward_stderr = on;
@@ -162,7 +172,8 @@ impl ClusterBuilder {
     /// Starts every worker, completes every handshake, and returns the running cluster. If any worker fails to
     /// start, every worker already started (local or remote) is stopped before the error is returned.
     pub fn start(self) -> Result<Cluster> {
-        let total: usize = self.specs.iter().map(WorkerSpec::slots).sum();
+        let total: usize = self.specs.iter().map(WorkerSpec::slots).sum::<usize>()
+            + self.launcher.as_ref().map_or(0, super::launch::Launcher::workers);
         if total == 0 {
             return Err(Error::NoWorkers);
         }
@@ -177,7 +188,10 @@ impl ClusterBuilder {
             None => crate::wire::own_binary_sha256().map_err(|e| launch_err(e.to_string()))?,
         };
         let local_expected = self.expected_binary.unwrap_or(program_hash);
-        let secret = Secret::generate();
+        let secret = match &self.launcher {
+            Some(l) => l.secret()?.unwrap_or_else(Secret::generate),
+            None => Secret::generate(),
+        };
         let mut cluster = Cluster::empty(total, self.heartbeat_timeout);
 
         // Remote hosts first: connecting and copying run in parallel, one thread per host.
@@ -214,6 +228,9 @@ impl ClusterBuilder {
             }
         }
         cluster.handshake_all(&secret, &self)?;
+        if let Some(launcher) = &self.launcher {
+            super::launch::start(&mut cluster, launcher, &secret, local_expected, &program, &self)?;
+        }
         Ok(cluster)
     }
 }

@@ -101,6 +101,8 @@ pub struct Cluster {
     workers: Vec<WorkerSlot>,
     /// Open ssh connections; declared after `workers` so worker sessions close before their connection.
     hosts: Vec<SshHost>,
+    /// Launcher processes that started several workers at once (`srun`), stopped after the workers.
+    launchers: Vec<super::launch::LauncherProcess>,
     events: Receiver<Event>,
     events_tx: Sender<Event>,
     counters: Arc<Counters>,
@@ -134,6 +136,7 @@ impl Cluster {
         Cluster {
             workers: Vec::with_capacity(capacity),
             hosts: Vec::new(),
+            launchers: Vec::new(),
             events,
             events_tx,
             counters: Arc::new(Counters::default()),
@@ -151,6 +154,36 @@ impl Cluster {
     pub(super) fn add_host(&mut self, host: SshHost) -> usize {
         self.hosts.push(host);
         self.hosts.len() - 1
+    }
+
+    /// Keeps a launcher process (`srun`) for the cluster's lifetime: it explains lost workers and is stopped last.
+    pub(super) fn add_launcher(&mut self, launcher: super::launch::LauncherProcess) {
+        self.launchers.push(launcher);
+    }
+
+    /// Adds a worker whose connection is already open and whose handshake has passed: a rank started by a
+    /// launcher, admitted by `launch::rank` with the index it now gets. It has no process of ours.
+    pub(super) fn add_connected(
+        &mut self,
+        label: String,
+        reader: Box<dyn std::io::Read + Send>,
+        writer: Box<dyn std::io::Write + Send>,
+        hello: WorkerHello,
+    ) -> Result<()> {
+        let id = self.workers.len();
+        let conn = Conn::start(id, reader, writer, self.events_tx.clone(), Arc::clone(&self.counters), self.epoch)
+            .map_err(|e| Error::Launch { worker: label.clone(), reason: format!("cannot start I/O threads: {e}") })?;
+        let expected = hello.binary_sha256;
+        self.workers.push(WorkerSlot {
+            label,
+            conn,
+            process: None,
+            hello: Some(hello),
+            expected,
+            handshake: None,
+            _keepalive: None,
+        });
+        Ok(())
     }
 
     /// A builder; at least [`workers`](ClusterBuilder::workers) must be set.
@@ -622,12 +655,33 @@ impl Cluster {
             w.conn.close();
         }
         let deadline = Instant::now() + Duration::from_secs(2);
+        // Launcher ranks are not our children: wait, within the same deadline, until each has read `Shutdown` and
+        // closed its connection, so that none is left behind by a master that exits right after.
+        if self.broken.is_none() {
+            let mut open: BTreeSet<usize> =
+                self.workers.iter().enumerate().filter(|(_, w)| w.process.is_none()).map(|(i, _)| i).collect();
+            while !open.is_empty() {
+                match self.events.recv_deadline(deadline) {
+                    Ok(Event { worker, kind: EventKind::Closed(_) }) => {
+                        open.remove(&worker);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
         for w in &mut self.workers {
             w._keepalive = None;
             if let Some(mut p) = w.process.take() {
                 p.finish(deadline);
             }
         }
+        for l in &mut self.launchers {
+            l.finish(deadline);
+        }
+        self.launchers.clear();
+        // Stopped workers are forgotten, so a second stop (drop after `shutdown`) has nothing to wait for.
+        self.workers.clear();
         self.hosts.clear();
     }
 
@@ -707,7 +761,7 @@ impl Cluster {
         let slot = &mut self.workers[w];
         let (mut status, stderr_tail) = match &mut slot.process {
             Some(p) => (p.describe_exit(Duration::from_secs(2)), p.stderr_tail(Duration::from_millis(500))),
-            None => ("connection lost".to_string(), Vec::new()),
+            None => super::launch::lost_connection(&mut self.launchers),
         };
         match err {
             None | Some(WireError::Truncated) => {}

@@ -1,8 +1,9 @@
 //! The cluster runtime: the master ([`Cluster`]), the worker loop ([`worker`]), how workers are described
-//! ([`WorkerSpec`]) and started ([`process`]), and the per-worker connections (`conn`).
+//! ([`WorkerSpec`]) and started ([`process`], [`ssh`], [`launch`]), and the per-worker connections (`conn`).
 
 mod builder;
 mod conn;
+pub mod launch;
 mod master;
 pub mod process;
 pub mod spec;
