@@ -357,3 +357,21 @@ fn sigterm_from_the_launcher_is_named_on_the_rank_and_detected_by_the_master() {
     let (status, stderr) = ranks.remove(0).finish(LIMIT);
     assert!(!status.success() && stderr.contains("(rank 1 on") && stderr.contains("died"), "{stderr}");
 }
+
+#[test]
+fn bench_launchers_prints_the_matrix_with_one_model() {
+    // Without SLURM_CONF the Slurm rows are skipped here (tests/slurm.rs runs them against a real cluster); the MPI
+    // rows run where mpirun and mpiexec are installed.
+    let out = Command::new(cohort_bin())
+        .args(["bench", "launchers", "--repeat", "1", "--rows", "2000", "--iterations", "3"])
+        .env_remove("SLURM_CONF")
+        .env_remove("COHORT_SECRET")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("every launcher trained the same model"), "{stdout}");
+    for row in ["local ", "env contract", "srun", "mpirun"] {
+        assert!(stdout.lines().any(|l| l.starts_with(row)), "no {row} row in\n{stdout}");
+    }
+}

@@ -126,7 +126,9 @@ pub fn plan(workers: Option<&str>, launch_args: &LaunchArgs) -> Result<Plan> {
         explicit => {
             let launcher = RankEnv::from_env();
             if explicit.is_none() && launch_args.hostfile.is_none() {
-                if let Some(env) = launcher?.filter(|e| e.world >= 2) {
+                let launcher = launcher
+                    .context("reading the launcher's variables (to run without them, give --workers local:N)")?;
+                if let Some(env) = launcher.filter(|e| e.world >= 2) {
                     return ranks(env);
                 }
             } else if let Ok(Some(env)) = launcher.as_ref().map(|e| e.as_ref().filter(|e| e.world >= 2)) {

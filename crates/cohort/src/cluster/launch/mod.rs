@@ -293,7 +293,7 @@ impl Ranks {
         }
         match RankEnv::from_env()? {
             Some(env) if env.world >= 2 && env.rank == 0 => {
-                let secret = secret::load(None)?.expect("a secret is in the environment");
+                let secret = secret::load(None)?.ok_or_else(|| LaunchError::NoSecret { context: env.describe() })?;
                 Ok(Some(Ranks { env, secret, timeout: timeout_from_env()? }))
             }
             _ => Ok(None),
@@ -390,7 +390,7 @@ fn rank_worker_from_env() -> Result<Option<RankWorker>, LaunchError> {
     }
     match RankEnv::from_env()? {
         Some(env) if env.world >= 2 && env.rank >= 1 => {
-            let secret = secret::load(None)?.expect("a secret is in the environment");
+            let secret = secret::load(None)?.ok_or_else(|| LaunchError::NoSecret { context: env.describe() })?;
             Ok(Some(RankWorker::new(&env, secret, timeout_from_env()?)))
         }
         _ => Ok(None),

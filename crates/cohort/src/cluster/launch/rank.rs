@@ -408,7 +408,7 @@ impl RankWorker {
     fn connect(&self) -> Result<TcpStream, LaunchError> {
         let started = Instant::now();
         let deadline = started + self.connect_timeout;
-        let mut pause = Duration::from_millis(20);
+        let mut pause = Duration::from_millis(5);
         let mut last = String::from("no attempt finished");
         loop {
             match (self.master.host.as_str(), self.master.port).to_socket_addrs() {
@@ -434,7 +434,7 @@ impl RankWorker {
                 });
             }
             std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(500));
+            pause = (pause * 2).min(Duration::from_millis(250));
         }
     }
 }
