@@ -31,6 +31,9 @@ pub struct LaunchersArgs {
     /// Seconds one run may take before it is stopped and counted as failed.
     #[arg(long, default_value_t = 120.0)]
     pub timeout: f64,
+    /// Rows to leave out, comma-separated: local, env, srun, salloc, sbatch, mpirun, mpiexec.
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Vec<String>,
 }
 
 /// One way of starting the job.
@@ -72,8 +75,12 @@ pub fn run(args: LaunchersArgs) -> Result<()> {
         "--iterations".into(),
         args.iterations.to_string(),
     ];
+    const ROWS: [&str; 7] = ["local", "env", "srun", "salloc", "sbatch", "mpirun", "mpiexec"];
+    if let Some(bad) = args.skip.iter().find(|s| !ROWS.contains(&s.as_str())) {
+        bail!("--skip {bad:?}: the rows are {}", ROWS.join(", "));
+    }
     let slurm = slurm_unavailable();
-    let rows = vec![
+    let mut rows = vec![
         Row { name: "local", shown: format!("cohort train linear --workers local:{n}"), workers: n, skip: None },
         Row { name: "env contract", shown: format!("{n} × cohort with RANK/WORLD_SIZE"), workers: n - 1, skip: None },
         Row {
@@ -107,6 +114,12 @@ pub fn run(args: LaunchersArgs) -> Result<()> {
             skip: missing("mpiexec.hydra"),
         },
     ];
+    for row in &mut rows {
+        let key = row.name.split_whitespace().next().unwrap_or_default();
+        if args.skip.iter().any(|s| s == key) {
+            row.skip = Some("--skip".into());
+        }
+    }
     println!(
         "launcher matrix: cohort train linear, {} rows × 16 features, {} iterations, {n} processes; medians of {} runs",
         args.rows, args.iterations, args.repeat
