@@ -3,7 +3,7 @@
 //!
 //! Two ways in, one path after start-up:
 //!
-//! - **Ranks** ([`Ranks`]): a launcher starts the same command N times. [`env`] maps its variables onto one
+//! - **Ranks** ([`Ranks`]): a launcher starts the same command N times. [`env`](mod@env) maps its variables onto one
 //!   rank/world contract; rank 0 is the master and listens on `MASTER_PORT`; every other rank connects to it over
 //!   TCP and serves as a worker ([`RankWorker`], reached through
 //!   [`run_if_worker`](crate::cluster::worker::run_if_worker)).
@@ -11,7 +11,7 @@
 //!   `srun` step whose tasks connect back to it the same way, and supervises that `srun`.
 //!
 //! Either way a connection is admitted only after the HMAC proof of the job secret ([`rank`]), and the admitted
-//! connections join the [`Cluster`](crate::Cluster) as ordinary workers, so failure detection, determinism and
+//! connections join the [`Cluster`](super::Cluster) as ordinary workers, so failure detection, determinism and
 //! every job work as with local processes. A worker rank exits as soon as its master goes away.
 
 pub mod env;
