@@ -11,7 +11,7 @@
 //!   `srun` step whose tasks connect back to it the same way, and supervises that `srun`.
 //!
 //! Either way a connection is admitted only after the HMAC proof of the job secret ([`rank`]), and the admitted
-//! connections join the [`Cluster`](super::Cluster) as ordinary workers, so failure detection, determinism and
+//! connections join the [`Cluster`] as ordinary workers, so failure detection, determinism and
 //! every job work as with local processes. A worker rank exits as soon as its master goes away.
 
 pub mod env;
