@@ -26,6 +26,9 @@ pub enum Command {
     Bench(BenchCommand),
     /// Evaluate a model saved with `--save-model` on a data set.
     Eval(EvalArgs),
+    /// Write an sbatch script that runs a cohort command on a Slurm cluster (master in the batch step, one worker
+    /// per task started with srun).
+    SlurmScript(crate::commands::slurm_script::SlurmScriptArgs),
     /// Serve a master over stdin/stdout (started by cohort itself).
     #[command(hide = true)]
     Worker,
@@ -47,9 +50,14 @@ pub struct LaunchArgs {
     /// How ssh workers exchange frames: `stdio` (over the ssh channel) or `tcp` (direct connection).
     #[arg(long, default_value = "stdio")]
     pub data_channel: String,
-    /// Seconds to wait for an ssh host or a TCP data channel to answer.
-    #[arg(long, default_value_t = 10.0)]
-    pub connect_timeout: f64,
+    /// Seconds to wait for an ssh host or a TCP data channel to answer (default 10), or for the ranks of a
+    /// launcher's job to reach each other and the tasks of `--workers slurm` to connect (default 60).
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<f64>,
+    /// The job secret shared by the ranks of a launcher's job (64 hex digits in a file only its owner can read,
+    /// on a shared file system); instead of the COHORT_SECRET variable.
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
     /// Seconds a worker may stay silent (no frame, not even a heartbeat) before it is declared lost. Workers
     /// heartbeat from their own thread, so a long computation is never mistaken for a stall.
     #[arg(long, default_value_t = 3.0)]
@@ -87,7 +95,8 @@ impl Default for LaunchArgs {
             ssh_options: Vec::new(),
             worker_binary: None,
             data_channel: "stdio".into(),
-            connect_timeout: 10.0,
+            connect_timeout: None,
+            secret_file: None,
             heartbeat_timeout: 3.0,
             heartbeat_interval: 0.25,
             max_failures: cohort::cluster::DEFAULT_MAX_FAILURES,
@@ -103,8 +112,9 @@ impl Default for LaunchArgs {
 /// Arguments of `cohort demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Workers: comma-separated groups such as `local:4` or `ssh://user@host?slots=2` (default: one local
-    /// process per core).
+    /// Workers: comma-separated groups such as `local:4` or `ssh://user@host?slots=2`; `slurm`, `slurm:N` or
+    /// `slurm?slots=K` inside a Slurm allocation; `ranks` when a launcher (srun, mpirun, Kubernetes) starts this
+    /// command N times (the default when its variables are set). Default: one local process per core.
     #[arg(long)]
     pub workers: Option<String>,
     /// How workers are reached.
@@ -140,8 +150,9 @@ pub enum TrainCommand {
 /// Flags every training command takes.
 #[derive(Debug, Args, Clone)]
 pub struct CommonArgs {
-    /// Workers: comma-separated groups such as `local:4` or `ssh://user@host:2222?slots=8` (default: one local
-    /// process per core).
+    /// Workers: comma-separated groups such as `local:4` or `ssh://user@host:2222?slots=8`; `slurm`, `slurm:N`
+    /// or `slurm?slots=K` inside a Slurm allocation; `ranks` when a launcher (srun, mpirun, Kubernetes) starts
+    /// this command N times (the default when its variables are set). Default: one local process per core.
     #[arg(long)]
     pub workers: Option<String>,
     /// How workers are reached.
@@ -253,6 +264,9 @@ pub enum BenchCommand {
     Sweep(crate::commands::bench_mlp::SweepArgs),
     /// qjam's sparse-autoencoder benchmark (its Tables 1 and 2): L-BFGS time per worker count and patch count.
     Qjam(QjamArgs),
+    /// The launcher matrix: one small training job under local workers, the RANK/WORLD_SIZE contract, srun,
+    /// sbatch, salloc with --workers slurm, mpirun and mpiexec; start-up times and model hashes side by side.
+    Launchers(crate::commands::bench_launch::LaunchersArgs),
 }
 
 /// Arguments of `cohort bench qjam`.

@@ -1,24 +1,47 @@
 //! What each command does. `run` dispatches a parsed command line.
 
 pub mod bench;
+pub mod bench_launch;
 pub mod bench_mlp;
 pub mod demo;
 pub mod eval;
 pub mod lbfgs;
 pub mod mlp;
 pub mod qjam;
+pub mod slurm_script;
 pub mod train;
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cohort::data::loaders::{load_fashion_mnist, named::FASHION_MNIST, Split};
+use cohort::launch::{self, Launcher, RankEnv, RankWorker, Ranks, SlurmRequest, SlurmWorkers};
 use cohort::{Cluster, ClusterBuilder, DataChannel, Dataset, Placement, Registry, WorkerSpec};
 
 use crate::cli::{Cli, Command, LaunchArgs, TrainCommand};
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
+    // Under a launcher every rank runs this same command line: ranks ≥ 1 serve rank 0 here and never return.
+    if let Some((workers, launch_args)) = launch_of(&cli.command) {
+        match plan(workers, launch_args)? {
+            Plan::Ranks(ranks) if ranks.env.rank > 0 => {
+                let worker = RankWorker::new(&ranks.env, ranks.secret, ranks.timeout);
+                std::process::exit(worker.serve(registry));
+            }
+            Plan::Ranks(ranks) => launch::note_termination(format!(
+                "cohort {} (the master): stopped by SIGTERM — the launcher ended the job (cancelled, out of time, \
+                 or another rank failed)",
+                ranks.env.describe()
+            )),
+            Plan::Slurm(s) => launch::note_termination(format!(
+                "cohort (the master of Slurm job {}): stopped by SIGTERM — the job was cancelled, reached its time \
+                 limit or was preempted",
+                s.job_id
+            )),
+            Plan::Specs(..) => {}
+        }
+    }
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Train(TrainCommand::Linear(args)) => train::linear(args).map(|_| ()),
@@ -27,7 +50,106 @@ pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Train(TrainCommand::Softmax(args)) => train::softmax(args).map(|_| ()),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Eval(args) => eval::run(args),
+        Command::SlurmScript(args) => slurm_script::run(args),
         Command::Worker => cohort::worker::serve_stdio(registry).context("worker mode"),
+    }
+}
+
+/// `--workers` and the launch flags of a command that starts workers.
+pub fn launch_of(command: &Command) -> Option<(Option<&str>, &LaunchArgs)> {
+    let common = match command {
+        Command::Demo(args) => return Some((args.workers.as_deref(), &args.launch)),
+        Command::Train(TrainCommand::Linear(args)) => &args.common,
+        Command::Train(TrainCommand::Mlp(args)) => &args.common,
+        Command::Train(TrainCommand::Sae(args)) => &args.common,
+        Command::Train(TrainCommand::Softmax(args)) => &args.common,
+        _ => return None,
+    };
+    Some((common.workers.as_deref(), &common.launch))
+}
+
+/// Where a command's workers come from.
+pub enum Plan {
+    /// Worker groups this process starts itself (local, ssh), spares, and how to show them.
+    Specs(Vec<WorkerSpec>, Vec<WorkerSpec>, String),
+    /// This process is one rank of a job that a launcher started N times.
+    Ranks(Ranks),
+    /// This process is a master inside a Slurm allocation and starts its workers with srun.
+    Slurm(SlurmWorkers),
+}
+
+/// Decides where the workers come from: `--workers ranks`, `--workers slurm...`, explicit groups, or — with no
+/// `--workers` and no `--hostfile` — the ranks of a launcher when its variables say this process is one of two or
+/// more, else one local worker per core.
+pub fn plan(workers: Option<&str>, launch_args: &LaunchArgs) -> Result<Plan> {
+    let workers = workers.map(str::trim);
+    let timeout = |default: Duration| -> Result<Duration> {
+        match launch_args.connect_timeout {
+            Some(secs) => positive_secs("connect-timeout", secs),
+            None => Ok(default),
+        }
+    };
+    let ranks = |env: RankEnv| -> Result<Plan> {
+        let secret = launch::secret::load(launch_args.secret_file.as_deref())?
+            .ok_or_else(|| launch::LaunchError::NoSecret { context: format!("this process, {},", env.describe()) })?;
+        let timeout = timeout(launch::timeout_from_env()?)?;
+        Ok(Plan::Ranks(Ranks { env, secret, timeout }))
+    };
+    match workers {
+        Some("ranks") => {
+            if launch_args.hostfile.is_some() {
+                anyhow::bail!("--workers ranks takes its workers from the launcher; drop --hostfile");
+            }
+            let env = RankEnv::from_env()?.with_context(|| {
+                "--workers ranks: no launcher variables found (RANK/WORLD_SIZE, JOB_COMPLETION_INDEX, \
+                 OMPI_COMM_WORLD_RANK/SIZE, PMI_RANK/PMI_SIZE, or SLURM_PROCID in an srun step); start cohort with \
+                 srun, mpirun, mpiexec or a Kubernetes Indexed Job"
+            })?;
+            if env.world < 2 {
+                anyhow::bail!(
+                    "--workers ranks needs two or more processes (one master, the rest workers); {}",
+                    env.describe()
+                );
+            }
+            ranks(env)
+        }
+        Some(spec) if SlurmRequest::parse(spec)?.is_some() => {
+            let request = SlurmRequest::parse(spec)?.expect("checked above");
+            if launch_args.hostfile.is_some() {
+                anyhow::bail!("--workers {spec} starts its workers with srun; drop --hostfile");
+            }
+            let mut s = SlurmWorkers::from_env(request)?;
+            s.secret_file = launch_args.secret_file.clone();
+            s.timeout = timeout(launch::DEFAULT_RANK_TIMEOUT)?;
+            Ok(Plan::Slurm(s))
+        }
+        explicit => {
+            let launcher = RankEnv::from_env();
+            if explicit.is_none() && launch_args.hostfile.is_none() {
+                let launcher = launcher
+                    .context("reading the launcher's variables (to run without them, give --workers local:N)")?;
+                if let Some(env) = launcher.filter(|e| e.world >= 2) {
+                    return ranks(env);
+                }
+            } else if let Ok(Some(env)) = launcher.as_ref().map(|e| e.as_ref().filter(|e| e.world >= 2)) {
+                anyhow::bail!(
+                    "this process is {}, yet {} asks it to start workers of its own; under a launcher drop \
+                     --workers (or say --workers ranks) so that the ranks work together, or start one process",
+                    env.describe(),
+                    explicit.map_or_else(|| "--hostfile".to_string(), |w| format!("--workers {w}"))
+                );
+            }
+            let (specs, spares, shown) = worker_specs(explicit, launch_args)?;
+            Ok(Plan::Specs(specs, spares, shown))
+        }
+    }
+}
+
+fn positive_secs(name: &str, v: f64) -> Result<Duration> {
+    if v.is_finite() && v > 0.0 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        anyhow::bail!("--{name} must be a positive number of seconds, got {v}")
     }
 }
 
@@ -67,15 +189,8 @@ pub fn worker_specs(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Vec<W
 
 /// A cluster builder configured from the launch flags.
 pub fn builder(specs: Vec<WorkerSpec>, spares: Vec<WorkerSpec>, launch: &LaunchArgs) -> Result<ClusterBuilder> {
-    let positive = |name: &str, v: f64| -> Result<Duration> {
-        if v.is_finite() && v > 0.0 {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            anyhow::bail!("--{name} must be a positive number of seconds, got {v}")
-        }
-    };
-    let interval = positive("heartbeat-interval", launch.heartbeat_interval)?;
-    let timeout = positive("heartbeat-timeout", launch.heartbeat_timeout)?;
+    let interval = positive_secs("heartbeat-interval", launch.heartbeat_interval)?;
+    let timeout = positive_secs("heartbeat-timeout", launch.heartbeat_timeout)?;
     if timeout < interval * 2 {
         anyhow::bail!(
             "--heartbeat-timeout {} s must be at least twice --heartbeat-interval {} s, or busy workers would be \
@@ -89,7 +204,7 @@ pub fn builder(specs: Vec<WorkerSpec>, spares: Vec<WorkerSpec>, launch: &LaunchA
         .spares(spares)
         .heartbeat_interval(interval)
         .heartbeat_timeout(timeout)
-        .connect_timeout(positive("connect-timeout", launch.connect_timeout)?)
+        .connect_timeout(positive_secs("connect-timeout", launch.connect_timeout.unwrap_or(10.0))?)
         .data_channel(launch.data_channel.parse::<DataChannel>().map_err(anyhow::Error::msg)?)
         .max_failures(launch.max_failures)
         .respawn_local(!launch.no_respawn)
@@ -123,16 +238,28 @@ pub fn builder(specs: Vec<WorkerSpec>, spares: Vec<WorkerSpec>, launch: &LaunchA
     Ok(b)
 }
 
-/// Parses `--workers`/`--hostfile` (or the default) and starts the cluster.
+/// Starts the cluster the command line asks for (see [`plan`]): local or ssh workers, the other ranks of a
+/// launcher's job, or an srun step inside a Slurm allocation.
 pub fn start_cluster(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Cluster, String)> {
     // `auto`: start one local worker per core and keep, after the first round, the count predicted fastest.
     let auto = workers.is_some_and(|w| w.trim() == "auto");
-    let (specs, spares, shown) = worker_specs(if auto { None } else { workers }, launch)?;
-    let shown = if auto { format!("auto (from {shown})") } else { shown };
-    let cluster = builder(specs, spares, launch)?
-        .auto_workers(auto)
-        .start()
-        .with_context(|| format!("starting workers {shown}"))?;
+    let (builder, shown) = match plan(if auto { None } else { workers }, launch)? {
+        Plan::Specs(specs, spares, shown) => {
+            let shown = if auto { format!("auto (from {shown})") } else { shown };
+            (builder(specs, spares, launch)?.auto_workers(auto), shown)
+        }
+        Plan::Ranks(ranks) => {
+            let l = Launcher::Ranks(ranks);
+            let shown = l.describe();
+            (builder(Vec::new(), Vec::new(), launch)?.launcher(l), shown)
+        }
+        Plan::Slurm(s) => {
+            let l = Launcher::Slurm(s);
+            let shown = l.describe();
+            (builder(Vec::new(), Vec::new(), launch)?.launcher(l), shown)
+        }
+    };
+    let cluster = builder.start().with_context(|| format!("starting workers {shown}"))?;
     Ok((cluster, shown))
 }
 

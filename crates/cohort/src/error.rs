@@ -130,6 +130,9 @@ pub enum Error {
     /// A wire-level failure on the master's side.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// Starting or joining a job under a launcher (Slurm, MPI, Kubernetes) failed.
+    #[error(transparent)]
+    Launcher(Box<crate::cluster::launch::LaunchError>),
     /// A cluster needs at least one worker.
     #[error("no workers: give at least one, e.g. --workers local:2")]
     NoWorkers,
@@ -141,6 +144,12 @@ fn list(items: &[String]) -> String {
         s.push_str(&format!("\n  {}. {}", i + 1, item.replace('\n', "\n     ")));
     }
     s
+}
+
+impl From<crate::cluster::launch::LaunchError> for Error {
+    fn from(e: crate::cluster::launch::LaunchError) -> Error {
+        Error::Launcher(Box::new(e))
+    }
 }
 
 fn tail(lines: &[String]) -> String {

@@ -46,8 +46,8 @@ pub mod tree;
 pub mod wire;
 
 pub use cluster::{
-    worker, Cluster, ClusterBuilder, DataChannel, DatasetHandle, FailureRecord, Placement, Session, SessionSnapshot,
-    SshTarget, Stats, WorkerReport, WorkerSpec,
+    launch, worker, Cluster, ClusterBuilder, DataChannel, DatasetHandle, FailureRecord, Placement, Session,
+    SessionSnapshot, SshTarget, Stats, WorkerReport, WorkerSpec,
 };
 pub use data::{DataError, Dataset, Element, Shard};
 pub use error::{Error, Result};

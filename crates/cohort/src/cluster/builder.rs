@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::spawn::{spare_slots, DataChannel, Spawner};
 use super::master::{Cluster, DriverConfig};
 use super::scheduler::{Config, Placement};
+use super::spawn::{spare_slots, DataChannel, Spawner};
 use super::spec::{SshTarget, WorkerSpec};
 use super::ssh::{SshConfig, SshHost};
 use crate::wire::handshake::Secret;
@@ -33,6 +33,7 @@ pub struct ClusterBuilder {
     placement: Placement,
     stragglers: Vec<(usize, f32)>,
     auto: bool,
+    launcher: Option<super::launch::Launcher>,
 }
 
 /// Worker losses a cluster tolerates by default before it gives up.
@@ -63,6 +64,7 @@ impl Default for ClusterBuilder {
             placement: Placement::Weighted,
             stragglers: Vec::new(),
             auto: false,
+            launcher: None,
         }
     }
 }
@@ -186,6 +188,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Also takes workers from a launcher: as rank 0, the other ranks of a job that `srun`, `mpirun` or Kubernetes
+    /// started; or, inside a Slurm allocation, tasks of an `srun` step this cluster starts. They join after the
+    /// local and ssh workers, admitted over TCP after proving the launcher's job secret.
+    pub fn launcher(mut self, launcher: impl Into<super::launch::Launcher>) -> Self {
+        self.launcher = Some(launcher.into());
+        self
+    }
+
     /// Whether worker stderr lines are copied to the master's stderr, prefixed with the worker (default on).
     pub fn forward_stderr(mut self, on: bool) -> Self {
         self.forward_stderr = on;
@@ -231,7 +241,10 @@ impl ClusterBuilder {
         Ok(Spawner {
             remote_binary: self.remote_binary.clone().unwrap_or_else(|| program.clone()),
             program,
-            secret: Secret::generate(),
+            secret: match &self.launcher {
+                Some(l) => l.secret()?.unwrap_or_else(Secret::generate),
+                None => Secret::generate(),
+            },
             local_expected: self.expected_binary.unwrap_or(program_hash),
             remote_expected: self.expected_binary.unwrap_or(remote_hash),
             remote_sha: hex::encode(remote_hash),
@@ -246,7 +259,8 @@ impl ClusterBuilder {
     /// Starts every worker, completes every handshake, and returns the running cluster. If any worker fails to
     /// start, every worker already started (local or remote) is stopped before the error is returned.
     pub fn start(self) -> Result<Cluster> {
-        let total: usize = self.specs.iter().map(WorkerSpec::slots).sum();
+        let total: usize = self.specs.iter().map(WorkerSpec::slots).sum::<usize>()
+            + self.launcher.as_ref().map_or(0, super::launch::Launcher::workers);
         if total == 0 {
             return Err(Error::NoWorkers);
         }
@@ -303,6 +317,17 @@ impl ClusterBuilder {
                 }
             }
         }
+        if let Some(launcher) = &self.launcher {
+            super::launch::start(
+                &mut cluster,
+                launcher,
+                &spawner.secret,
+                spawner.local_expected,
+                &spawner.program,
+                self.heartbeat_interval,
+                self.forward_stderr,
+            )?;
+        }
         cluster.start()?;
         Ok(cluster)
     }
@@ -312,8 +337,7 @@ impl ClusterBuilder {
 /// connection, the remote path of the binary and the slot count, in the order given.
 fn bootstrap_hosts(remote: &[(SshTarget, usize)], spawner: &Spawner) -> Result<Vec<(SshHost, String, usize)>> {
     let results: Vec<std::result::Result<(SshHost, String), String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            remote.iter().map(|(target, _)| scope.spawn(move || spawner.bootstrap(target))).collect();
+        let handles: Vec<_> = remote.iter().map(|(target, _)| scope.spawn(move || spawner.bootstrap(target))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("bootstrap thread panicked".into()))).collect()
     });
     let mut hosts = Vec::new();

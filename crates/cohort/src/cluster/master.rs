@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::conn::{Conn, Counters, EventKind, Incoming};
-use super::spawn::{Launched, Spawner};
 use super::process::WorkerProcess;
 use super::scheduler::{
     Action, Config, DatasetSpec, Event, FailureRecord, Origin, Outcome, Scheduler, Source, WorkerId, WorkerReport,
 };
+use super::spawn::{Launched, Spawner};
 use super::spec::WorkerSpec;
 use super::ssh::SshHost;
 use crate::data::{Dataset, Element};
@@ -178,6 +178,8 @@ pub struct Cluster {
     slots: BTreeMap<WorkerId, Slot>,
     /// Open ssh connections; declared after `slots` so worker sessions close before their connection.
     hosts: Vec<SshHost>,
+    /// Launcher processes that started several workers at once (`srun`), stopped after the workers.
+    launchers: Vec<super::launch::LauncherProcess>,
     spawner: Spawner,
     cfg: DriverConfig,
     sched: Scheduler,
@@ -193,15 +195,20 @@ pub struct Cluster {
     auto_choice: Option<AutoChoice>,
     /// When liveness was last fed to the scheduler.
     last_tick: Duration,
+    /// Failures already written to the log.
+    losses_reported: usize,
+    max_failures: usize,
 }
 
 impl Cluster {
     /// A cluster with no workers yet (the builder adds them).
     pub(super) fn new(spawner: Spawner, cfg: DriverConfig, sched: Config) -> Cluster {
         let (events_tx, events) = crossbeam_channel::unbounded();
+        let max_failures = sched.max_failures;
         Cluster {
             slots: BTreeMap::new(),
             hosts: Vec::new(),
+            launchers: Vec::new(),
             spawner,
             cfg,
             sched: Scheduler::new(sched),
@@ -215,12 +222,50 @@ impl Cluster {
             retired: Vec::new(),
             auto_choice: None,
             last_tick: Duration::ZERO,
+            losses_reported: 0,
+            max_failures,
         }
     }
 
     /// Keeps an ssh connection open for the cluster's lifetime.
     pub(super) fn add_host(&mut self, host: SshHost) {
         self.hosts.push(host);
+    }
+
+    /// Keeps a launcher process (`srun`) for the cluster's lifetime: it explains lost workers and is stopped last.
+    pub(super) fn add_launcher(&mut self, launcher: super::launch::LauncherProcess) {
+        self.launchers.push(launcher);
+    }
+
+    /// The id the next worker will get.
+    pub(super) fn next_worker_id(&self) -> WorkerId {
+        self.next_id
+    }
+
+    /// Adds a worker whose connection is open and whose handshake has passed — a rank started by a launcher,
+    /// admitted by `launch::rank`. It has no process of ours; it joins the scheduler at once.
+    pub(super) fn add_connected(
+        &mut self,
+        place: String,
+        reader: Box<dyn std::io::Read + Send>,
+        writer: Box<dyn std::io::Write + Send>,
+        hello: crate::wire::handshake::WorkerHello,
+    ) -> Result<WorkerId> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let label = format!("worker {id} ({place})");
+        let conn = Conn::start(id, reader, writer, self.events_tx.clone(), Arc::clone(&self.counters), self.epoch)
+            .map_err(|e| Error::Launch { worker: label.clone(), reason: format!("cannot start I/O threads: {e}") })?;
+        let index = self.started;
+        self.started += 1;
+        self.slots.insert(
+            id,
+            Slot { label: label.clone(), conn, process: None, handshake: None, _keepalive: None, _host: None, index },
+        );
+        let now = self.now();
+        self.sched.step(now, Event::Started { worker: id, origin: Origin::Remote, label: label.clone() });
+        self.sched.step(now, Event::Joined { worker: id, label, jobs: hello.jobs });
+        Ok(id)
     }
 
     /// A builder; at least [`workers`](super::ClusterBuilder::workers) must be set.
@@ -437,6 +482,7 @@ impl Cluster {
     fn act(&mut self) -> Option<Result<Outcome>> {
         let mut result = None;
         loop {
+            self.report_losses();
             let actions: Vec<Action> = self.sched.actions().collect();
             if actions.is_empty() {
                 return result;
@@ -532,6 +578,23 @@ impl Cluster {
         }
     }
 
+    /// Says on the log (stderr for the command line) which workers were lost since the last call, and that the
+    /// job goes on without them.
+    fn report_losses(&mut self) {
+        let failures = self.sched.failures();
+        for f in &failures[self.losses_reported.min(failures.len())..] {
+            tracing::warn!(
+                "lost {} during {}: {}; recovering (loss {} of at most {})",
+                f.worker,
+                f.during,
+                f.cause,
+                failures.len(),
+                self.max_failures
+            );
+        }
+        self.losses_reported = failures.len();
+    }
+
     /// Asks a retired worker to exit; its process is reaped when the cluster stops.
     fn retire(&mut self, worker: WorkerId) {
         if let Some(mut slot) = self.slots.remove(&worker) {
@@ -552,7 +615,7 @@ impl Cluster {
         };
         let (mut status, stderr_tail) = match &mut slot.process {
             Some(p) => (p.describe_exit(Duration::from_millis(300)), p.stderr_tail(Duration::from_millis(200))),
-            None => ("connection lost".to_string(), Vec::new()),
+            None => super::launch::lost_connection(&mut self.launchers),
         };
         match err {
             None | Some(WireError::Truncated) => {}
@@ -804,6 +867,19 @@ impl Cluster {
             slot.conn.close();
         }
         let deadline = Instant::now() + Duration::from_secs(2);
+        // Launcher ranks are not our children: wait, within the same deadline, until each has read `Shutdown` and
+        // closed its connection, so that none is left behind by a master that exits right after.
+        let mut open: std::collections::BTreeSet<WorkerId> =
+            self.slots.iter().filter(|(_, s)| s.process.is_none()).map(|(&id, _)| id).collect();
+        while !open.is_empty() {
+            match self.events.recv_deadline(deadline) {
+                Ok(Incoming::Conn { worker, kind: EventKind::Closed(_), .. }) => {
+                    open.remove(&worker);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
         for slot in self.slots.values_mut() {
             slot._keepalive = None;
             if let Some(mut p) = slot.process.take() {
@@ -813,6 +889,11 @@ impl Cluster {
         for p in &mut self.retired {
             p.finish(deadline);
         }
+        for l in &mut self.launchers {
+            l.finish(deadline);
+        }
+        self.launchers.clear();
+        self.retired.clear();
         self.slots.clear();
         self.hosts.clear();
     }

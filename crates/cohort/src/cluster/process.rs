@@ -72,6 +72,11 @@ impl WorkerProcess {
         }
     }
 
+    /// The exit status if the process ends within `wait`, else `None` (still running).
+    pub fn exit_status(&mut self, wait: Duration) -> Option<ExitStatus> {
+        wait_with_deadline(&mut self.child, Instant::now() + wait)
+    }
+
     /// The last lines of stderr, after waiting up to `wait` for the stream to end.
     pub fn stderr_tail(&mut self, wait: Duration) -> Vec<String> {
         let deadline = Instant::now() + wait;

@@ -76,7 +76,7 @@ pub fn sh_quote(s: &str) -> String {
 }
 
 /// Makes a child process receive SIGTERM when the thread that spawned it (the master) dies.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches only the child's own state.
     unsafe {
         cmd.pre_exec(|| {

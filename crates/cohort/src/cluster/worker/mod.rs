@@ -60,6 +60,8 @@ pub fn is_worker() -> bool {
 /// In a worker process: serve the master, then exit (status 0 after a clean shutdown, 1 on error). Anywhere else:
 /// return immediately. Call it first thing in `main`, with the registry of every job the program may run.
 pub fn run_if_worker(registry: &Registry) {
+    // Ranks started by a launcher (srun, mpirun, Kubernetes) and tasks of a `--workers slurm` step connect over TCP.
+    super::launch::run_if_rank_worker(registry);
     if is_worker() {
         let code = match serve_stdio(registry) {
             Ok(()) => 0,
@@ -158,7 +160,8 @@ fn redirect_stdout_to_stderr() -> Result<File, WorkerError> {
     }
 }
 
-fn hostname() -> String {
+/// This host's name (for handshakes and as the address `--workers slurm` tasks connect to).
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
