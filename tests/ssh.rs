@@ -282,4 +282,10 @@ fn a_link_cut_mid_job_is_detected_and_the_job_recovers_on_the_other_host() {
     drop(cluster);
     eprintln!("shutdown with a cut link took {:?}", t.elapsed());
     ns.link(true);
+    // The remote worker never saw its session end through the dead link; remove it so nothing outlives the test.
+    for pid in sshd.worker_pids() {
+        // SAFETY: killing a worker process this test started (inside its own network namespace).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(eventually(Duration::from_secs(5), || sshd.worker_pids().is_empty()), "remote workers survived");
 }
