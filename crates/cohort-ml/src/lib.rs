@@ -63,6 +63,8 @@
 
 #![deny(missing_docs)]
 
+pub mod checkpoint;
+pub mod datasets;
 mod error;
 pub mod kernels;
 pub mod mlp;
@@ -70,6 +72,7 @@ pub mod optim;
 pub mod partial;
 pub mod sae;
 pub mod softmax;
+pub mod train;
 
 pub use error::{MlError, Result};
 pub use partial::Partial;

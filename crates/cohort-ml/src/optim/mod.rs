@@ -47,6 +47,8 @@ pub use gd::{GdState, GradientDescent};
 pub use lbfgs::{Lbfgs, LbfgsState};
 pub use line_search::LineSearch;
 
+
+
 use crate::kernels::norm;
 
 /// A differentiable function to minimise. One call evaluates the cost and its gradient at `x` (in cohort: one
@@ -102,6 +104,12 @@ impl Default for Stop {
 }
 
 impl Stop {
+    /// The one stop policy of the training commands for an iteration budget: at most `iterations` iterations and
+    /// `20 × iterations` evaluations, with the default tolerances.
+    pub fn iterations(iterations: usize) -> Stop {
+        Stop { max_iterations: iterations, max_evaluations: iterations.saturating_mul(20).max(20), ..Stop::default() }
+    }
+
     pub(crate) fn validate<E>(&self) -> Result<(), OptimError<E>> {
         if !(self.grad_tol >= 0.0 && self.cost_tol >= 0.0) {
             return Err(OptimError::Options(format!(
