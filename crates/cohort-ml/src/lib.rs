@@ -68,6 +68,7 @@ pub mod datasets;
 mod error;
 pub mod kernels;
 pub mod mlp;
+pub mod model_file;
 pub mod optim;
 pub mod partial;
 pub mod sae;
