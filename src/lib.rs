@@ -8,10 +8,10 @@
 pub mod cli;
 pub mod commands;
 pub mod jobs;
-pub mod model_file;
 pub mod patches;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod signals;
 
 pub use jobs::registry;

@@ -7,6 +7,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let registry = cohort_cli::registry();
+    cohort_cli::signals::ignore_sigint_in_workers();
     cohort::worker::run_if_worker(&registry);
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -17,6 +17,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Psgd(args) => super::bench_mlp::psgd(args),
         BenchCommand::Sweep(args) => super::bench_mlp::sweep(args),
         BenchCommand::Qjam(args) => super::qjam::run(args),
+        BenchCommand::Resume(args) => super::bench_resume::run(args),
     }
 }
 
@@ -35,7 +36,7 @@ pub fn bootstrap(args: BootstrapArgs) -> Result<()> {
     println!(
         "bootstrap of {shown}: binary {} ({}), {} runs each",
         binary.display(),
-        super::train::human_bytes(size),
+        crate::report::human_bytes(size),
         args.repeat
     );
     println!("{:<6} {:>8} {:>11} {:>11} {:>11}", "start", "workers", "median", "min", "max");

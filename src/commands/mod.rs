@@ -2,29 +2,34 @@
 
 pub mod bench;
 pub mod bench_mlp;
+pub mod bench_resume;
 pub mod demo;
 pub mod eval;
-pub mod lbfgs;
 pub mod mlp;
 pub mod qjam;
 pub mod train;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cohort::data::loaders::{load_fashion_mnist, named::FASHION_MNIST, Split};
 use cohort::{Cluster, ClusterBuilder, DataChannel, Dataset, Registry, WorkerSpec};
+use cohort_ml::train::{Driver, Outcome, StepRecord, Stepper, Summary};
 
-use crate::cli::{Cli, Command, LaunchArgs, TrainCommand};
+use crate::cli::{Cli, Command, CommonArgs, LaunchArgs, TrainCommand};
+use crate::progress::Progress;
+use crate::report::{fmt_loss, TrainReport};
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
-        Command::Train(TrainCommand::Linear(args)) => train::linear(args).map(|_| ()),
-        Command::Train(TrainCommand::Mlp(args)) => mlp::run(args),
-        Command::Train(TrainCommand::Sae(args)) => train::sae(args).map(|_| ()),
-        Command::Train(TrainCommand::Softmax(args)) => train::softmax(args).map(|_| ()),
+        Command::Train(cmd) => match *cmd {
+            TrainCommand::Linear(args) => train::linear(args).map(|_| ()),
+            TrainCommand::Mlp(args) => mlp::run(args),
+            TrainCommand::Sae(args) => train::sae(args).map(|_| ()),
+            TrainCommand::Softmax(args) => train::softmax(args).map(|_| ()),
+        },
         Command::Bench(cmd) => bench::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Worker => cohort::worker::serve_stdio(registry).context("worker mode"),
@@ -120,11 +125,127 @@ pub struct Started<T> {
 }
 
 /// Starts the workers of `--workers`/`--hostfile` and loads `data` onto them, timing both.
-pub fn start_and_load<T: cohort::Element>(c: &crate::cli::CommonArgs, data: &cohort::Dataset<T>) -> Result<Started<T>> {
+pub fn start_and_load<T: cohort::Element>(c: &CommonArgs, data: &cohort::Dataset<T>) -> Result<Started<T>> {
     let started = std::time::Instant::now();
     let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), &c.launch)?;
     let startup = started.elapsed();
     let handle = cluster.load(data)?;
     let load = started.elapsed() - startup;
     Ok(Started { cluster, worker_spec, handle, started, startup, load })
+}
+
+/// A training run done by [`fit`], with its figures.
+pub struct Fitted {
+    /// What the driver reported.
+    pub summary: Summary,
+    /// Every completed iteration or epoch of this process.
+    pub records: Vec<StepRecord>,
+    /// The worker spec as shown.
+    pub worker_spec: String,
+    /// Traffic and workers.
+    pub stats: cohort::Stats,
+    /// Chunks of the data set.
+    pub chunks: usize,
+    /// Worker start-up, data load and the whole run.
+    pub startup: Duration,
+    /// Time to load the data.
+    pub load: Duration,
+    /// Wall time of the run.
+    pub wall: Duration,
+}
+
+impl Fitted {
+    /// The fields every training report has; the caller fills in the rest.
+    pub fn report(&self, job: &str, c: &CommonArgs, rows: usize, loss: Vec<f64>, model_sha256: String) -> TrainReport {
+        let s = &self.summary;
+        let here = s.completed - s.resumed_at.unwrap_or(0);
+        let checkpoints = s.checkpoints;
+        TrainReport {
+            job: job.into(),
+            worker_spec: self.worker_spec.clone(),
+            workers: self.stats.workers,
+            chunks: self.chunks,
+            rows,
+            seed: c.seed,
+            iterations: s.completed,
+            final_loss: loss.last().copied().unwrap_or(f64::NAN),
+            loss_history: loss,
+            wall_seconds: self.wall.as_secs_f64(),
+            startup_seconds: self.startup.as_secs_f64(),
+            load_seconds: self.load.as_secs_f64(),
+            mean_iteration_seconds: s.train_seconds / here.max(1) as f64,
+            bytes_sent: self.stats.bytes_sent,
+            bytes_received: self.stats.bytes_received,
+            model_sha256,
+            protocol_version: cohort::wire::PROTOCOL_VERSION,
+            evaluations: None,
+            mean_evaluation_seconds: None,
+            stop_reason: match &s.outcome {
+                Outcome::Finished(why) => Some(why.clone()),
+                Outcome::Interrupted => None,
+            },
+            train_accuracy: None,
+            test_accuracy: None,
+            resumed_at: s.resumed_at,
+            resume_seconds: s.resumed_at.map(|_| (self.startup + self.load).as_secs_f64() + s.restore_seconds),
+            checkpoints_written: checkpoints.map(|c| c.written),
+            checkpoint_seconds: checkpoints.map(|c| c.blocking.as_secs_f64()),
+            checkpoint_share: s.checkpoint_share(),
+        }
+    }
+}
+
+/// Starts the workers, loads `data`, runs `stepper` through the driver the common flags configure (checkpoint,
+/// resume, JSON lines, Ctrl-C) with a progress display over `total` iterations or epochs, and stops the workers.
+pub fn fit<S: Stepper>(
+    c: &CommonArgs,
+    data: &Dataset<S::Elem>,
+    stepper: &mut S,
+    label: &str,
+    total: usize,
+    mut observer: impl FnMut(&S, &mut StepRecord),
+) -> Result<Fitted> {
+    if c.checkpoint_every > 0 && c.checkpoint.is_none() && c.resume.is_none() {
+        bail!("--checkpoint-every needs --checkpoint DIR (or --resume DIR)");
+    }
+    let Started { mut cluster, worker_spec, handle, started, startup, load } = start_and_load(c, data)?;
+    let mut driver = Driver::new().stop_on(crate::signals::interrupt_flag());
+    let dir = c.checkpoint.as_ref().or(c.resume.as_ref());
+    if let Some(dir) = dir {
+        driver = driver.checkpoint(dir, c.checkpoint_every);
+    }
+    if let Some(from) = &c.resume {
+        driver = driver.resume(from);
+    }
+    if let Some(path) = &c.log_jsonl {
+        driver = driver.log_jsonl(path);
+    }
+    let progress = Progress::new(label, total);
+    let mut records = Vec::new();
+    let result = driver.run(stepper, &mut cluster, &handle, |s, r| {
+        observer(s, r);
+        progress.step(r.step.saturating_sub(1), &format!("loss {}", fmt_loss(r.loss)));
+        records.push(r.clone());
+    });
+    progress.finish();
+    let wall = started.elapsed();
+    let stats = cluster.stats();
+    cluster.shutdown();
+    let summary = result?;
+    if summary.outcome == Outcome::Interrupted {
+        let (n, unit) = (summary.completed, stepper.unit());
+        match dir {
+            Some(d) => bail!(
+                "interrupted after {n} {unit}s; the checkpoint in {} continues the run: give the same command with \
+                 --resume {}",
+                d.display(),
+                d.display()
+            ),
+            None => {
+                bail!("interrupted after {n} {unit}s; nothing was saved (give --checkpoint DIR to be able to resume)")
+            }
+        }
+    }
+    let chunks = handle.chunks();
+    Ok(Fitted { summary, records, worker_spec, stats, chunks, startup, load, wall })
 }

@@ -311,7 +311,9 @@ impl CheckpointWriter {
                     unit: m.unit,
                 })
             }
-            Err(CheckpointError::Io { .. }) | Err(CheckpointError::Damaged { .. }) | Err(CheckpointError::Version { .. }) => {
+            Err(CheckpointError::Io { .. })
+            | Err(CheckpointError::Damaged { .. })
+            | Err(CheckpointError::Version { .. }) => {
                 return Err(CheckpointError::Exists {
                     dir: dir.to_path_buf(),
                     algorithm: "unreadable".into(),

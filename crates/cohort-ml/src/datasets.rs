@@ -1,6 +1,6 @@
 //! Training and test data for the classifiers: Fashion-MNIST (found where `cohort::data::loaders` looks) or a
 //! generated stand-in of the same shape, cut to the first rows asked for and, unless asked otherwise, standardised
-//! with the training rows' statistics.
+//! with the training rows' statistics ([`Scaling`]).
 
 use std::path::Path;
 
@@ -33,6 +33,63 @@ pub struct TrainTest {
     pub test: Dataset<f32>,
     /// Human-readable origin, e.g. `fashion-mnist (/usr/share/datasets/fashion-mnist)`.
     pub source: String,
+    /// The standardisation applied to both (`None`: raw values).
+    pub scaling: Option<Scaling>,
+}
+
+/// A per-feature affine map `x' = (x − mean) · scale`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    /// Per-feature mean.
+    pub mean: Vec<f32>,
+    /// Per-feature factor (1 / standard deviation, or 1 for a constant feature).
+    pub scale: Vec<f32>,
+}
+
+impl Scaling {
+    /// The map that standardises `train`'s features (zero mean, unit variance; constant features only centred).
+    pub fn fit(train: &Dataset<f32>) -> Scaling {
+        let d = train.cols();
+        let n = train.rows().max(1) as f64;
+        let mut sum = vec![0.0f64; d];
+        let mut sq = vec![0.0f64; d];
+        for row in train.values().chunks_exact(d) {
+            for ((m, s), &v) in sum.iter_mut().zip(&mut sq).zip(row) {
+                *m += f64::from(v);
+                *s += f64::from(v) * f64::from(v);
+            }
+        }
+        let (mut mean, mut scale) = (Vec::with_capacity(d), Vec::with_capacity(d));
+        for (&m, &s) in sum.iter().zip(&sq) {
+            let mu = m / n;
+            let sd = (s / n - mu * mu).max(0.0).sqrt();
+            mean.push(mu as f32);
+            scale.push(if sd > 1e-6 { (1.0 / sd) as f32 } else { 1.0 });
+        }
+        Scaling { mean, scale }
+    }
+
+    /// Applies the map to every row of `data`.
+    pub fn apply(&self, data: Dataset<f32>) -> Result<Dataset<f32>> {
+        let d = data.cols();
+        if d != self.mean.len() || d != self.scale.len() {
+            return Err(DatasetError::Invalid(format!(
+                "the standardisation is for {} features but the data has {d}",
+                self.mean.len()
+            )));
+        }
+        let mut values = data.values().to_vec();
+        for row in values.chunks_exact_mut(d) {
+            for ((v, &mu), &inv) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
+                *v = (*v - mu) * inv;
+            }
+        }
+        let out = Dataset::new(values, d)?;
+        Ok(match data.labels() {
+            Some(l) => out.with_labels(l.to_vec())?,
+            None => out,
+        })
+    }
 }
 
 /// How to prepare a [`TrainTest`].
@@ -72,49 +129,16 @@ pub fn prepare(request: &Request<'_>) -> Result<TrainTest> {
             let test = generated(request.test_rows.unwrap_or(10_000), request.seed ^ 0x7e57)?;
             (train, test, "generated (784 features, 10 classes)".to_string())
         }
-        other => return Err(DatasetError::Invalid(format!("unknown --dataset {other:?}: use fashion-mnist or generated"))),
+        other => {
+            return Err(DatasetError::Invalid(format!("unknown --dataset {other:?}: use fashion-mnist or generated")))
+        }
     };
     let (train, test) = (head(train, request.train_rows)?, head(test, request.test_rows)?);
-    let (train, test) = if request.raw { (train, test) } else { standardize(train, test)? };
-    Ok(TrainTest { train, test, source })
-}
-
-/// Scales every feature to zero mean and unit variance over the training rows (constant features are only
-/// centred) and applies the same transformation to the test rows.
-pub fn standardize(train: Dataset<f32>, test: Dataset<f32>) -> Result<(Dataset<f32>, Dataset<f32>)> {
-    let d = train.cols();
-    let n = train.rows().max(1) as f64;
-    let mut mean = vec![0.0f64; d];
-    let mut sq = vec![0.0f64; d];
-    for row in train.values().chunks_exact(d) {
-        for ((m, s), &v) in mean.iter_mut().zip(&mut sq).zip(row) {
-            *m += f64::from(v);
-            *s += f64::from(v) * f64::from(v);
-        }
+    if request.raw {
+        return Ok(TrainTest { train, test, source, scaling: None });
     }
-    let scale: Vec<(f32, f32)> = mean
-        .iter()
-        .zip(&sq)
-        .map(|(&m, &s)| {
-            let mu = m / n;
-            let sd = (s / n - mu * mu).max(0.0).sqrt();
-            (mu as f32, if sd > 1e-6 { (1.0 / sd) as f32 } else { 1.0 })
-        })
-        .collect();
-    let apply = |data: Dataset<f32>| -> Result<Dataset<f32>> {
-        let mut values = data.values().to_vec();
-        for row in values.chunks_exact_mut(d) {
-            for (v, &(mu, inv)) in row.iter_mut().zip(&scale) {
-                *v = (*v - mu) * inv;
-            }
-        }
-        let mut out = Dataset::new(values, d)?;
-        if let Some(l) = data.labels() {
-            out = out.with_labels(l.to_vec())?;
-        }
-        Ok(out)
-    };
-    Ok((apply(train)?, apply(test)?))
+    let scaling = Scaling::fit(&train);
+    Ok(TrainTest { train: scaling.apply(train)?, test: scaling.apply(test)?, source, scaling: Some(scaling) })
 }
 
 /// The first `rows` rows of `data` (all if `None` or more than there are).

@@ -214,7 +214,8 @@ pub fn load(path: &Path) -> Result<Model> {
     let json = |k: &str| -> Result<Value> {
         serde_json::from_str(&field(k)?).map_err(|e| invalid(format!("{k:?} in the metadata is not JSON ({e})")))
     };
-    let (kind, architecture, training, sha256) = (field("kind")?, json("architecture")?, json("training")?, field("model_sha256")?);
+    let (kind, architecture, training, sha256) =
+        (field("kind")?, json("architecture")?, json("training")?, field("model_sha256")?);
     let order = field("order")?;
     let mut f32s = Vec::new();
     let mut f64s = Vec::new();
@@ -222,9 +223,9 @@ pub fn load(path: &Path) -> Result<Model> {
         let t = st.tensor(name).map_err(|e| invalid(format!("tensor {name:?}: {e}")))?;
         match t.dtype() {
             Dtype::F32 => f32s.extend(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-            Dtype::F64 => f64s.extend(t.data().chunks_exact(8).map(|c| {
-                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-            })),
+            Dtype::F64 => f64s.extend(
+                t.data().chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+            ),
             other => return Err(invalid(format!("tensor {name:?} has type {other:?}; expected F32 or F64"))),
         }
     }
@@ -236,7 +237,8 @@ pub fn load(path: &Path) -> Result<Model> {
     let mut extra = Vec::new();
     for (name, t) in st.tensors() {
         if !order.split(',').any(|n| n == name) && t.dtype() == Dtype::F32 {
-            extra.push((name, t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()));
+            extra
+                .push((name, t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()));
         }
     }
     extra.sort_by(|a, b| a.0.cmp(&b.0));
@@ -264,9 +266,16 @@ fn legacy(path: &Path, bytes: &[u8]) -> Result<Model> {
             Params::F32(body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
         }
         Some("f64") if count.checked_mul(8) == Some(body.len()) => Params::F64(
-            body.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect(),
+            body.chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
         ),
-        _ => return Err(invalid(format!("{} parameter bytes for {header}; the file is truncated or corrupt", body.len()))),
+        _ => {
+            return Err(invalid(format!(
+                "{} parameter bytes for {header}; the file is truncated or corrupt",
+                body.len()
+            )))
+        }
     };
     let sha256 = header["sha256"].as_str().unwrap_or_default().to_string();
     if params.sha256() != sha256 {
@@ -292,7 +301,8 @@ mod tests {
         let path = dir.path().join("m.safetensors");
         let params = Params::F64((0..2 * 3 + 2).map(|i| i as f64 * 0.5).collect());
         let arch = json!({"classes": 2, "features": 3});
-        save(&path, "softmax", arch.clone(), json!({"iterations": 4}), &params, &[("input.mean", &[1.0, 2.0])]).unwrap();
+        save(&path, "softmax", arch.clone(), json!({"iterations": 4}), &params, &[("input.mean", &[1.0, 2.0])])
+            .unwrap();
         let m = load(&path).unwrap();
         assert_eq!((m.kind.as_str(), &m.architecture, &m.params), ("softmax", &arch, &params));
         assert_eq!(m.extra, vec![("input.mean".to_string(), vec![1.0, 2.0])]);

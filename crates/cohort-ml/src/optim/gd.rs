@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
 
-use super::{drive, Evaluator, Iterate, IterRecord, Objective, OptimError, OptimResult, Stop, StopReason};
+use super::{drive, Evaluator, IterRecord, Iterate, Objective, OptimError, OptimResult, Stop, StopReason};
 use crate::kernels::norm;
 
 /// Gradient-descent settings.

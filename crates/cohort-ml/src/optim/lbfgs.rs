@@ -20,7 +20,7 @@ use std::ops::ControlFlow;
 use serde::{Deserialize, Serialize};
 
 use super::line_search::{self, Found, LineSearch};
-use super::{drive, Evaluator, Iterate, IterRecord, Objective, OptimError, OptimResult, Point, Stop, StopReason};
+use super::{drive, Evaluator, IterRecord, Iterate, Objective, OptimError, OptimResult, Point, Stop, StopReason};
 use crate::kernels::{dot, norm};
 
 /// L-BFGS settings. `Default`: memory 10, [`Stop::default`], [`LineSearch::default`].
@@ -127,8 +127,12 @@ impl Lbfgs {
         }
         self.stop.validate()?;
         self.line_search.check().map_err(OptimError::Options)?;
-        if state.iterate.x.len() != state.iterate.gradient.len() || state.pairs.iter().any(|p| p.s.len() != state.iterate.x.len() || p.y.len() != state.iterate.x.len()) {
-            return Err(OptimError::Options("the saved L-BFGS state is inconsistent (vectors of different lengths)".into()));
+        if state.iterate.x.len() != state.iterate.gradient.len()
+            || state.pairs.iter().any(|p| p.s.len() != state.iterate.x.len() || p.y.len() != state.iterate.x.len())
+        {
+            return Err(OptimError::Options(
+                "the saved L-BFGS state is inconsistent (vectors of different lengths)".into(),
+            ));
         }
         let LbfgsState { iterate, pairs } = state;
         self.iterate(iterate, pairs, objective)
@@ -175,7 +179,7 @@ impl Lbfgs {
         eval: &mut Evaluator<'_, O>,
         current: &Point,
         pairs: &VecDeque<Pair>,
-    ) -> Result<Option<(Point, f64, bool)>, OptimError<O::Error>> {
+    ) -> Result<Option<Accepted>, OptimError<O::Error>> {
         let empty = VecDeque::new();
         let mut memory = pairs;
         loop {
@@ -224,6 +228,9 @@ impl Lbfgs {
         }
     }
 }
+
+/// A point the line search accepted, the step's length, and whether the memory survives.
+type Accepted = (Point, f64, bool);
 
 /// One curvature pair.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -47,8 +47,6 @@ pub use gd::{GdState, GradientDescent};
 pub use lbfgs::{Lbfgs, LbfgsState};
 pub use line_search::LineSearch;
 
-
-
 use crate::kernels::norm;
 
 /// A differentiable function to minimise. One call evaluates the cost and its gradient at `x` (in cohort: one
@@ -92,7 +90,8 @@ pub struct Stop {
     pub max_evaluations: usize,
     /// Stop when the Euclidean norm of the gradient is at most this.
     pub grad_tol: f64,
-    /// Stop when an iteration changes the cost by at most `cost_tol · max(|f_old|, |f_new|, 1)`.
+    /// Stop when an iteration changes the cost by at most `cost_tol · max(|f_old|, |f_new|, 1)` (0 turns this test
+    /// off).
     pub cost_tol: f64,
 }
 
@@ -321,7 +320,7 @@ pub(crate) fn converged(stop: &Stop, f_old: f64, new: &Point) -> Option<StopReas
     if norm(&new.g) <= stop.grad_tol {
         return Some(StopReason::GradientTolerance);
     }
-    if (f_old - new.f).abs() <= stop.cost_tol * f_old.abs().max(new.f.abs()).max(1.0) {
+    if stop.cost_tol > 0.0 && (f_old - new.f).abs() <= stop.cost_tol * f_old.abs().max(new.f.abs()).max(1.0) {
         return Some(StopReason::CostTolerance);
     }
     None
@@ -363,15 +362,8 @@ impl Iterate {
     /// already below tolerance or no iteration is allowed.
     pub(crate) fn start(p: Point, evaluations: usize, stop: &Stop) -> Iterate {
         let record = IterRecord { iteration: 0, cost: p.f, grad_norm: norm(&p.g), evaluations, step: 0.0 };
-        let mut it = Iterate {
-            x: p.x,
-            cost: p.f,
-            gradient: p.g,
-            iteration: 0,
-            evaluations,
-            history: vec![record],
-            stop: None,
-        };
+        let mut it =
+            Iterate { x: p.x, cost: p.f, gradient: p.g, iteration: 0, evaluations, history: vec![record], stop: None };
         it.stop = if record.grad_norm <= stop.grad_tol {
             Some(StopReason::GradientTolerance)
         } else {

@@ -180,7 +180,8 @@ impl Driver {
             resumed_at = Some(manifest.completed);
         }
         let restore_seconds = restore_started.elapsed().as_secs_f64();
-        let target = self.checkpoint.as_ref().map(|(d, e)| (d.clone(), *e)).or_else(|| resume_dir.clone().map(|d| (d, 0)));
+        let target =
+            self.checkpoint.as_ref().map(|(d, e)| (d.clone(), *e)).or_else(|| resume_dir.clone().map(|d| (d, 0)));
         let mut writer = match &target {
             Some((dir, _)) if resume_dir.as_deref() == Some(dir.as_path()) => {
                 Some(CheckpointWriter::resume(dir, fingerprint.clone())?)
@@ -216,7 +217,7 @@ impl Driver {
                 Err(e) => {
                     // The state is still the one after the last completed step: keep it.
                     if let Some(w) = &mut writer {
-                        let saved = save(w, stepper, cluster).and_then(|()| w.flush().map_err(Into::into));
+                        let saved = save(w, stepper, cluster).and_then(|()| w.flush());
                         if self.interrupted() {
                             saved?;
                             break Outcome::Interrupted;
@@ -237,7 +238,7 @@ impl Driver {
                 log.write(&record)?;
             }
             if let Some(w) = &mut writer {
-                if stepper.completed() % every == 0 && stepper.finished().is_none() {
+                if stepper.completed().is_multiple_of(every) && stepper.finished().is_none() {
                     save(w, stepper, cluster)?;
                 }
             }

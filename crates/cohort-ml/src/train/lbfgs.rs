@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use cohort::{Cluster, DatasetHandle, MapReduce};
 
 use super::{ClusterObjective, Result, RoundModel, StepRecord, Stepper, TrainError};
-use crate::optim::{budget_left, GdState, GradientDescent, IterRecord, Lbfgs, LbfgsState, OptimResult, Stop, StopReason};
+use crate::optim::{
+    budget_left, GdState, GradientDescent, IterRecord, Lbfgs, LbfgsState, OptimResult, Stop, StopReason,
+};
 
 /// Distributed L-BFGS on a [`RoundModel`]: one iteration per step.
 pub struct LbfgsTrainer<M: RoundModel> {
@@ -109,8 +111,8 @@ impl<M: RoundModel> Stepper for LbfgsTrainer<M> {
             Some(state) => self.lbfgs.step(state, &mut objective),
         };
         self.evaluating += objective.evaluating;
+        self.evaluations_here += objective.evaluations;
         let result = result?;
-        self.evaluations_here = self.state.as_ref().map_or(0, |s| s.iterate.evaluations);
         Ok(result.map(|r| record(r, started.elapsed().as_secs_f64())))
     }
 
@@ -158,15 +160,11 @@ pub struct GdTrainer<M: RoundModel> {
 }
 
 impl<M: RoundModel> GdTrainer<M> {
-    /// Gradient descent on `model` from `x0` with step `step` and [`Stop::iterations`]`(iterations)`.
+    /// Gradient descent on `model` from `x0` with step `step` for exactly `iterations` iterations (its stop
+    /// policy: no tolerance test, only an exactly zero gradient ends it earlier).
     pub fn new(model: M, x0: Vec<f64>, step: f64, iterations: usize) -> Self {
-        GdTrainer {
-            model,
-            gd: GradientDescent { step, stop: Stop::iterations(iterations) },
-            x0,
-            state: None,
-            evaluating: Duration::ZERO,
-        }
+        let stop = Stop { max_iterations: iterations, max_evaluations: usize::MAX, grad_tol: 0.0, cost_tol: 0.0 };
+        GdTrainer { model, gd: GradientDescent { step, stop }, x0, state: None, evaluating: Duration::ZERO }
     }
 
     /// The outcome so far (`None` before the first step).

@@ -173,7 +173,10 @@ impl Core {
     fn restore(&mut self, state: MiniBatchState, cluster: &mut Cluster, chunks: usize) -> Result<()> {
         let n = Mlp::new(&self.spec.layers)?.n_params();
         if state.theta.len() != n {
-            return Err(TrainError::Config(format!("the saved model has {} parameters, the MLP {n}", state.theta.len())));
+            return Err(TrainError::Config(format!(
+                "the saved model has {} parameters, the MLP {n}",
+                state.theta.len()
+            )));
         }
         if let Some(snap) = &state.session {
             let holders = assign_chunks(chunks, cluster.num_workers()).iter().filter(|r| !r.is_empty()).count();

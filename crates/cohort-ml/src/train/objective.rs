@@ -98,6 +98,8 @@ pub struct ClusterObjective<'a, M: RoundModel> {
     job: M::Job,
     /// Time spent in evaluations (the round and finishing on the master).
     pub evaluating: Duration,
+    /// Evaluations made.
+    pub evaluations: usize,
 }
 
 impl<'a, M: RoundModel> ClusterObjective<'a, M> {
@@ -107,7 +109,7 @@ impl<'a, M: RoundModel> ClusterObjective<'a, M> {
         data: &'a DatasetHandle<<M::Job as MapReduce>::Elem>,
         model: &'a M,
     ) -> ClusterObjective<'a, M> {
-        ClusterObjective { cluster, data, job: model.job(), model, evaluating: Duration::ZERO }
+        ClusterObjective { cluster, data, job: model.job(), model, evaluating: Duration::ZERO, evaluations: 0 }
     }
 }
 
@@ -120,6 +122,7 @@ impl<M: RoundModel> Objective for ClusterObjective<'_, M> {
         let output = self.cluster.run(&self.job, &params, self.data)?;
         let out = self.model.finish(x, &output)?;
         self.evaluating += started.elapsed();
+        self.evaluations += 1;
         Ok(out)
     }
 }
