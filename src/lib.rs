@@ -5,9 +5,11 @@
 
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod jobs;
+pub mod launch;
 pub mod patches;
 pub mod plot;
 pub mod progress;

@@ -11,8 +11,8 @@ use cohort_ml::sae::SaeConfig;
 use cohort_ml::softmax::SoftmaxConfig;
 use serde_json::Value;
 
-use super::named_dataset;
 use crate::cli::EvalArgs;
+use crate::launch::named_dataset;
 use crate::patches::{self, PATCH};
 
 /// What `cohort eval` measured.

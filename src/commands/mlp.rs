@@ -15,8 +15,8 @@ use cohort_ml::train::{AveragingTrainer, BspTrainer, LbfgsTrainer, StepRecord, S
 use serde::Serialize;
 use serde_json::json;
 
-use super::{fit, Fitted};
 use crate::cli::{defaults, MlpArgs, OptimizerKind, SyncMode};
+use crate::launch::{fit, Fitted};
 use crate::plot::Chart;
 use crate::report::{fmt_loss, print_summary, write_json, TrainReport};
 
@@ -133,7 +133,8 @@ pub fn train(args: &MlpArgs, data: &TrainTest, verbosity: Verbosity) -> Result<M
         train = train.with_chunks(chunks)?;
     }
     let full = verbosity == Verbosity::Full;
-    let workers = super::worker_specs(c.workers.as_deref(), &c.launch)?.0.iter().map(|s| s.slots()).sum::<usize>();
+    let workers =
+        crate::launch::worker_specs(c.workers.as_deref(), &c.launch)?.0.iter().map(|s| s.slots()).sum::<usize>();
     if full {
         println!(
             "MLP {:?} ({} parameters) on {}: {} training rows, {} test rows, {}",

@@ -1,24 +1,16 @@
-//! What each command does. `run` dispatches a parsed command line.
+//! What each command does: parse (in `cli`), call the library, print. `run` dispatches a parsed command line;
+//! starting workers and running a training loop through the library's driver is [`crate::launch`], the benchmark
+//! programs are [`crate::bench`].
 
-pub mod bench;
-pub mod bench_mlp;
-pub mod bench_resume;
 pub mod demo;
 pub mod eval;
 pub mod mlp;
-pub mod qjam;
 pub mod train;
 
-use std::time::Duration;
+use anyhow::{Context, Result};
+use cohort::Registry;
 
-use anyhow::{bail, Context, Result};
-use cohort::data::loaders::{load_fashion_mnist, named::FASHION_MNIST, Split};
-use cohort::{Cluster, ClusterBuilder, DataChannel, Dataset, Registry, WorkerSpec};
-use cohort_ml::train::{Driver, Outcome, StepRecord, Stepper, Summary};
-
-use crate::cli::{Cli, Command, CommonArgs, LaunchArgs, TrainCommand};
-use crate::progress::Progress;
-use crate::report::{fmt_loss, TrainReport};
+use crate::cli::{Cli, Command, TrainCommand};
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
@@ -30,222 +22,8 @@ pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
             TrainCommand::Sae(args) => train::sae(args).map(|_| ()),
             TrainCommand::Softmax(args) => train::softmax(args).map(|_| ()),
         },
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => crate::bench::run(cmd),
         Command::Eval(args) => eval::run(args),
         Command::Worker => cohort::worker::serve_stdio(registry).context("worker mode"),
     }
-}
-
-/// The default worker spec: one local process per core.
-pub fn default_workers() -> String {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    format!("local:{cores}")
-}
-
-/// The worker specs from `--workers` and `--hostfile` (default: one local process per core).
-pub fn worker_specs(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Vec<WorkerSpec>, String)> {
-    let mut specs = Vec::new();
-    let mut shown = Vec::new();
-    if let Some(w) = workers {
-        specs.extend(WorkerSpec::parse_list(w)?);
-        shown.push(w.to_string());
-    }
-    if let Some(path) = &launch.hostfile {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read hostfile {}", path.display()))?;
-        specs.extend(WorkerSpec::parse_hostfile(&text, &path.display().to_string())?);
-        shown.push(format!("hostfile {}", path.display()));
-    }
-    if specs.is_empty() {
-        let d = default_workers();
-        specs = WorkerSpec::parse_list(&d)?;
-        shown.push(d);
-    }
-    Ok((specs, shown.join(" + ")))
-}
-
-/// A cluster builder configured from the launch flags.
-pub fn builder(specs: Vec<WorkerSpec>, launch: &LaunchArgs) -> Result<ClusterBuilder> {
-    let positive = |name: &str, v: f64| -> Result<Duration> {
-        if v.is_finite() && v > 0.0 {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            anyhow::bail!("--{name} must be a positive number of seconds, got {v}")
-        }
-    };
-    let mut b = Cluster::builder()
-        .workers(specs)
-        .heartbeat_timeout(positive("heartbeat-timeout", launch.heartbeat_timeout)?)
-        .connect_timeout(positive("connect-timeout", launch.connect_timeout)?)
-        .data_channel(launch.data_channel.parse::<DataChannel>().map_err(anyhow::Error::msg)?);
-    for opt in &launch.ssh_options {
-        let (k, v) = opt
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .with_context(|| format!("--ssh-option {opt:?} must look like KEY=VALUE, e.g. IdentityFile=~/.ssh/id"))?;
-        b = b.ssh_option(k, v);
-    }
-    if let Some(bin) = &launch.worker_binary {
-        if !bin.is_file() {
-            anyhow::bail!("--worker-binary {} is not a file", bin.display());
-        }
-        b = b.remote_binary(bin);
-    }
-    Ok(b)
-}
-
-/// Parses `--workers`/`--hostfile` (or the default) and starts the cluster.
-pub fn start_cluster(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Cluster, String)> {
-    let (specs, shown) = worker_specs(workers, launch)?;
-    let cluster = builder(specs, launch)?.start().with_context(|| format!("starting workers {shown}"))?;
-    Ok((cluster, shown))
-}
-
-/// Loads a split of a named data set (`fashion-mnist`).
-pub fn named_dataset(name: &str, split: Split) -> Result<Dataset<f32>> {
-    match name {
-        FASHION_MNIST => Ok(load_fashion_mnist(split)?),
-        other => anyhow::bail!("unknown data set {other:?}; cohort knows: {FASHION_MNIST}"),
-    }
-}
-
-/// A cluster started from the training flags with one dataset loaded onto it, and how long each step took.
-pub struct Started<T> {
-    /// The running cluster.
-    pub cluster: Cluster,
-    /// The worker spec as shown to the user.
-    pub worker_spec: String,
-    /// The loaded dataset.
-    pub handle: cohort::DatasetHandle<T>,
-    /// When starting began (for the wall time).
-    pub started: std::time::Instant,
-    /// Time to start the workers and finish their handshakes.
-    pub startup: Duration,
-    /// Time to load the dataset onto them.
-    pub load: Duration,
-}
-
-/// Starts the workers of `--workers`/`--hostfile` and loads `data` onto them, timing both.
-pub fn start_and_load<T: cohort::Element>(c: &CommonArgs, data: &cohort::Dataset<T>) -> Result<Started<T>> {
-    let started = std::time::Instant::now();
-    let (mut cluster, worker_spec) = start_cluster(c.workers.as_deref(), &c.launch)?;
-    let startup = started.elapsed();
-    let handle = cluster.load(data)?;
-    let load = started.elapsed() - startup;
-    Ok(Started { cluster, worker_spec, handle, started, startup, load })
-}
-
-/// A training run done by [`fit`], with its figures.
-pub struct Fitted {
-    /// What the driver reported.
-    pub summary: Summary,
-    /// Every completed iteration or epoch of this process.
-    pub records: Vec<StepRecord>,
-    /// The worker spec as shown.
-    pub worker_spec: String,
-    /// Traffic and workers.
-    pub stats: cohort::Stats,
-    /// Chunks of the data set.
-    pub chunks: usize,
-    /// Worker start-up, data load and the whole run.
-    pub startup: Duration,
-    /// Time to load the data.
-    pub load: Duration,
-    /// Wall time of the run.
-    pub wall: Duration,
-}
-
-impl Fitted {
-    /// The fields every training report has; the caller fills in the rest.
-    pub fn report(&self, job: &str, c: &CommonArgs, rows: usize, loss: Vec<f64>, model_sha256: String) -> TrainReport {
-        let s = &self.summary;
-        let here = s.completed - s.resumed_at.unwrap_or(0);
-        let checkpoints = s.checkpoints;
-        TrainReport {
-            job: job.into(),
-            worker_spec: self.worker_spec.clone(),
-            workers: self.stats.workers,
-            chunks: self.chunks,
-            rows,
-            seed: c.seed,
-            iterations: s.completed,
-            final_loss: loss.last().copied().unwrap_or(f64::NAN),
-            loss_history: loss,
-            wall_seconds: self.wall.as_secs_f64(),
-            startup_seconds: self.startup.as_secs_f64(),
-            load_seconds: self.load.as_secs_f64(),
-            mean_iteration_seconds: s.train_seconds / here.max(1) as f64,
-            bytes_sent: self.stats.bytes_sent,
-            bytes_received: self.stats.bytes_received,
-            model_sha256,
-            protocol_version: cohort::wire::PROTOCOL_VERSION,
-            evaluations: None,
-            mean_evaluation_seconds: None,
-            stop_reason: match &s.outcome {
-                Outcome::Finished(why) => Some(why.clone()),
-                Outcome::Interrupted => None,
-            },
-            train_accuracy: None,
-            test_accuracy: None,
-            resumed_at: s.resumed_at,
-            resume_seconds: s.resumed_at.map(|_| (self.startup + self.load).as_secs_f64() + s.restore_seconds),
-            checkpoints_written: checkpoints.map(|c| c.written),
-            checkpoint_seconds: checkpoints.map(|c| c.blocking.as_secs_f64()),
-            checkpoint_share: s.checkpoint_share(),
-        }
-    }
-}
-
-/// Starts the workers, loads `data`, runs `stepper` through the driver the common flags configure (checkpoint,
-/// resume, JSON lines, Ctrl-C) with a progress display over `total` iterations or epochs, and stops the workers.
-pub fn fit<S: Stepper>(
-    c: &CommonArgs,
-    data: &Dataset<S::Elem>,
-    stepper: &mut S,
-    label: &str,
-    total: usize,
-    mut observer: impl FnMut(&S, &mut StepRecord),
-) -> Result<Fitted> {
-    if c.checkpoint_every > 0 && c.checkpoint.is_none() && c.resume.is_none() {
-        bail!("--checkpoint-every needs --checkpoint DIR (or --resume DIR)");
-    }
-    let Started { mut cluster, worker_spec, handle, started, startup, load } = start_and_load(c, data)?;
-    let mut driver = Driver::new().stop_on(crate::signals::interrupt_flag());
-    let dir = c.checkpoint.as_ref().or(c.resume.as_ref());
-    if let Some(dir) = dir {
-        driver = driver.checkpoint(dir, c.checkpoint_every);
-    }
-    if let Some(from) = &c.resume {
-        driver = driver.resume(from);
-    }
-    if let Some(path) = &c.log_jsonl {
-        driver = driver.log_jsonl(path);
-    }
-    let progress = Progress::new(label, total);
-    let mut records = Vec::new();
-    let result = driver.run(stepper, &mut cluster, &handle, |s, r| {
-        observer(s, r);
-        progress.step(r.step.saturating_sub(1), &format!("loss {}", fmt_loss(r.loss)));
-        records.push(r.clone());
-    });
-    progress.finish();
-    let wall = started.elapsed();
-    let stats = cluster.stats();
-    cluster.shutdown();
-    let summary = result?;
-    if summary.outcome == Outcome::Interrupted {
-        let (n, unit) = (summary.completed, stepper.unit());
-        match dir {
-            Some(d) => bail!(
-                "interrupted after {n} {unit}s; the checkpoint in {} continues the run: give the same command with \
-                 --resume {}",
-                d.display(),
-                d.display()
-            ),
-            None => {
-                bail!("interrupted after {n} {unit}s; nothing was saved (give --checkpoint DIR to be able to resume)")
-            }
-        }
-    }
-    let chunks = handle.chunks();
-    Ok(Fitted { summary, records, worker_spec, stats, chunks, startup, load, wall })
 }

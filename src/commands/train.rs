@@ -11,9 +11,9 @@ use cohort_ml::softmax::SoftmaxConfig;
 use cohort_ml::train::{GdTrainer, LbfgsTrainer, RoundModel};
 use serde_json::json;
 
-use super::{fit, named_dataset, Fitted};
 use crate::cli::{defaults, CommonArgs, LinearArgs, SaeArgs, SoftmaxArgs};
 use crate::jobs::linear::{self, LinearModel};
+use crate::launch::{fit, named_dataset, Fitted};
 use crate::patches::{self, PATCH};
 use crate::report::{print_summary, write_json, TrainReport};
 

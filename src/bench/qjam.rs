@@ -17,8 +17,8 @@ use cohort_ml::sae::SaeConfig;
 
 use cohort_ml::train::{Driver, LbfgsTrainer};
 
-use super::train::sae_chunks;
 use crate::cli::{LaunchArgs, QjamArgs};
+use crate::commands::train::sae_chunks;
 use crate::patches::{self, PATCH};
 use crate::plot::Chart;
 
@@ -149,7 +149,7 @@ fn measure(
     launch: &LaunchArgs,
 ) -> Result<Cell> {
     let started = Instant::now();
-    let mut cluster = super::builder(vec![WorkerSpec::Local { count: workers }], launch)?
+    let mut cluster = crate::launch::builder(vec![WorkerSpec::Local { count: workers }], launch)?
         .start()
         .with_context(|| format!("starting {workers} local workers"))?;
     let startup = started.elapsed();

@@ -12,8 +12,8 @@ use cohort_ml::mlp::optimizer::OptimizerSpec;
 use cohort_ml::mlp::Mlp;
 use cohort_ml::train::{AveragingTrainer, Driver, Schedule};
 
-use super::mlp::{self, block_momentum, Verbosity};
 use crate::cli::{MlpArgs, PsgdArgs, SweepArgs};
+use crate::commands::mlp::{self, block_momentum, Verbosity};
 use crate::plot::Chart;
 
 /// `cohort bench psgd`.
@@ -69,10 +69,12 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
     let mut curves: Vec<(usize, Vec<f64>, Vec<f64>)> = Vec::new();
     let mut csv = String::from("workers,pass,objective,test_accuracy,seconds\n");
     for &n in &counts {
-        let mut cluster =
-            super::builder(WorkerSpec::parse_list(&format!("local:{n}"))?, &MlpArgs::parse_from(&[])?.common.launch)?
-                .start()
-                .with_context(|| format!("starting {n} local workers"))?;
+        let mut cluster = crate::launch::builder(
+            WorkerSpec::parse_list(&format!("local:{n}"))?,
+            &MlpArgs::parse_from(&[])?.common.launch,
+        )?
+        .start()
+        .with_context(|| format!("starting {n} local workers"))?;
         let h = cluster.load(&data.train)?;
         let mut spec = spec.clone();
         if args.scale_lr {
