@@ -171,3 +171,31 @@ fn damaged_foreign_and_other_version_checkpoints_are_refused() {
     // No checkpoint at all.
     fails_with(&[&base[..], &["--resume", dir.path().to_str().unwrap()]].concat(), "holds no checkpoint");
 }
+
+/// The same L-BFGS stepper trains the MLP and the sparse autoencoder: a run checkpointed after 4 iterations and
+/// continued to 10 (on another worker count) ends with the model of a straight 10-iteration run.
+#[test]
+fn mlp_and_sae_lbfgs_continued_from_a_checkpoint_end_with_the_uninterrupted_model() {
+    let mlp =
+        ["train", "mlp", "--dataset", "generated", "--train-rows", "800", "--test-rows", "100", "--optimizer", "lbfgs"];
+    let mut cases = vec![mlp.to_vec()];
+    if cohort::data::loaders::find_named("fashion-mnist").is_ok() {
+        cases.push(vec!["train", "sae", "--patches", "2000", "--hidden", "10"]);
+    } else {
+        eprintln!("sae case skipped: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)");
+    }
+    for base in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("ckpt");
+        let c = ckpt.to_str().unwrap();
+        let with = |extra: &[&'static str]| [&base[..], extra].concat();
+        let straight = finish(&with(&["--iterations", "10", "--workers", "local:2"]), dir.path(), "s.json");
+        let first = [&with(&["--iterations", "4", "--workers", "local:1"])[..], &["--checkpoint", c]].concat();
+        let r = finish(&first, dir.path(), "a.json");
+        assert_eq!(r["iterations"], 4);
+        let rest = [&with(&["--iterations", "10", "--workers", "local:3"])[..], &["--resume", c]].concat();
+        let r = finish(&rest, dir.path(), "b.json");
+        assert_eq!(r["resumed_at"], 4, "{base:?}");
+        assert_eq!(r["model_sha256"], straight["model_sha256"], "{base:?}: continued model differs");
+    }
+}
