@@ -166,6 +166,7 @@ impl Fitted {
             resume_seconds: s.resumed_at.map(|_| (self.startup + self.load).as_secs_f64() + s.restore_seconds),
             checkpoints_written: checkpoints.map(|c| c.written),
             checkpoint_seconds: checkpoints.map(|c| c.blocking.as_secs_f64()),
+            final_checkpoint_seconds: checkpoints.map(|_| s.final_save_seconds),
             checkpoint_share: s.checkpoint_share(),
         }
     }

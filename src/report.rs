@@ -67,9 +67,13 @@ pub struct TrainReport {
     /// Checkpoints written by this process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoints_written: Option<usize>,
-    /// Seconds the training loop spent on checkpoints (encoding the state, waiting for the previous write).
+    /// Seconds the training loop spent on checkpoints between steps (encoding the state, waiting for the previous
+    /// write).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_seconds: Option<f64>,
+    /// Seconds of the last save at the end of the run, until it was on disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_checkpoint_seconds: Option<f64>,
     /// `checkpoint_seconds` as a fraction of the training time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_share: Option<f64>,
@@ -95,8 +99,10 @@ pub fn print_summary(r: &TrainReport) {
         println!("  resumed           at {at}, {s:.2} s to the first step (start-up, load, restore)");
     }
     if let (Some(n), Some(s), Some(share)) = (r.checkpoints_written, r.checkpoint_seconds, r.checkpoint_share) {
+        let last = r.final_checkpoint_seconds.unwrap_or(0.0) * 1e3;
         println!(
-            "  checkpoints       {n} written, {:.1} ms on the training loop ({:.2} % of training)",
+            "  checkpoints       {n} written, {:.1} ms on the training loop ({:.2} % of training), {last:.1} ms for \
+             the last one at the end",
             s * 1e3,
             share * 100.0
         );

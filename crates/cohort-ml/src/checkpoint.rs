@@ -334,7 +334,7 @@ impl CheckpointWriter {
     }
 
     fn spawn(dir: &Path, fingerprint: Fingerprint) -> CheckpointWriter {
-        let (tx, rx) = mpsc::sync_channel::<Job>(0);
+        let (tx, rx) = mpsc::sync_channel::<Job>(1);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let thread = {
             let (dir, shared) = (dir.to_path_buf(), Arc::clone(&shared));

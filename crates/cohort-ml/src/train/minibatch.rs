@@ -69,7 +69,64 @@ pub struct MiniBatchState {
     /// Passes completed.
     pub passes: u64,
     /// The multipass session (`None` before the first pass).
-    pub session: Option<SessionSnapshot>,
+    pub session: Option<SavedSession>,
+}
+
+/// A [`SessionSnapshot`] whose replica states are encoded as byte strings (one copy) rather than element by
+/// element: they are most of a model-averaging checkpoint (each replica's optimizer moments).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSession {
+    /// Session seed.
+    pub seed: u64,
+    /// Number of replicas.
+    pub replicas: u32,
+    /// Passes completed.
+    pub passes: u64,
+    /// Each replica's saved local state.
+    pub locals: Vec<Option<Bytes>>,
+}
+
+impl From<SessionSnapshot> for SavedSession {
+    fn from(s: SessionSnapshot) -> Self {
+        let locals = s.locals.into_iter().map(|l| l.map(Bytes)).collect();
+        SavedSession { seed: s.seed, replicas: s.replicas, passes: s.passes, locals }
+    }
+}
+
+impl From<SavedSession> for SessionSnapshot {
+    fn from(s: SavedSession) -> Self {
+        let locals = s.locals.into_iter().map(|l| l.map(|b| b.0)).collect();
+        SessionSnapshot { seed: s.seed, replicas: s.replicas, passes: s.passes, locals }
+    }
+}
+
+/// Bytes serialised as one byte string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Bytes, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> std::result::Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(Visitor)
+    }
 }
 
 /// What the two mini-batch trainers share: the spec, the schedule, the epoch budget, the session and the state.
@@ -166,7 +223,7 @@ impl Core {
 
     fn snapshot(&self, cluster: &Cluster) -> MiniBatchState {
         let mut state = self.state.clone();
-        state.session = self.session.as_ref().map(|s| cluster.session_snapshot(s));
+        state.session = self.session.as_ref().map(|s| cluster.session_snapshot(s).into());
         state
     }
 
@@ -193,7 +250,7 @@ impl Core {
             cluster.close_session(old)?;
         }
         self.session = match &state.session {
-            Some(snap) => Some(cluster.resume_session(snap.clone())?),
+            Some(snap) => Some(cluster.resume_session(snap.clone().into())?),
             None => None,
         };
         self.state = MiniBatchState { session: None, ..state };

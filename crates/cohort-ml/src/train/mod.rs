@@ -43,7 +43,7 @@ use serde::Serialize;
 
 pub use driver::{Driver, JsonlLog, Outcome, Summary};
 pub use lbfgs::{GdTrainer, LbfgsTrainer};
-pub use minibatch::{AveragingTrainer, BspTrainer, MiniBatchState, Schedule};
+pub use minibatch::{AveragingTrainer, BspTrainer, Bytes, MiniBatchState, SavedSession, Schedule};
 pub use objective::{ClusterObjective, RoundModel};
 
 use crate::checkpoint::CheckpointError;
