@@ -24,7 +24,8 @@
 //! let mut cluster = Cluster::builder().workers(WorkerSpec::parse_list("local:2")?).start()?;
 //! let train = cluster.load(&data.train)?;
 //! let mut trainer = LbfgsTrainer::new(SoftmaxConfig::new(10, 784, 1e-4), 100)?;
-//! let summary = Driver::new().checkpoint("ckpt", 10).resume_if_present().run(&mut trainer, &mut cluster, &train)?;
+//! let driver = Driver::new().checkpoint("ckpt", 10).resume_if_present();
+//! let summary = driver.run(&mut trainer, &mut cluster, &train, |_, r| println!("{} {}", r.step, r.loss))?;
 //! println!("{}: cost {}", summary.outcome, trainer.result().map_or(f64::NAN, |r| r.cost));
 //! # Ok(())
 //! # }
