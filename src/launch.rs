@@ -1,7 +1,8 @@
 //! Starting workers from the launch flags, and running a training stepper through the library's driver with the
 //! flags every training command shares ([`fit`]): checkpoints, resume, JSON lines, Ctrl-C, progress.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cohort::data::loaders::{load_fashion_mnist, named::FASHION_MNIST, Split};
@@ -11,6 +12,9 @@ use cohort_ml::train::{Driver, Outcome, StepRecord, Stepper, Summary};
 use crate::cli::{CommonArgs, LaunchArgs};
 use crate::progress::Progress;
 use crate::report::{fmt_loss, TrainReport};
+
+/// When this process started (set by `main`), so that a resumed run's `resume_seconds` counts reading the data.
+pub static PROCESS_START: OnceLock<Instant> = OnceLock::new();
 
 /// The default worker spec: one local process per core.
 pub fn default_workers() -> String {
@@ -126,6 +130,8 @@ pub struct Fitted {
     pub startup: Duration,
     /// Time to load the data.
     pub load: Duration,
+    /// Time from the start of the process to the end of the data load (reading the data, starting workers).
+    pub before: Duration,
     /// Wall time of the run.
     pub wall: Duration,
 }
@@ -163,7 +169,7 @@ impl Fitted {
             train_accuracy: None,
             test_accuracy: None,
             resumed_at: s.resumed_at,
-            resume_seconds: s.resumed_at.map(|_| (self.startup + self.load).as_secs_f64() + s.restore_seconds),
+            resume_seconds: s.resumed_at.map(|_| self.before.as_secs_f64() + s.restore_seconds),
             checkpoints_written: checkpoints.map(|c| c.written),
             checkpoint_seconds: checkpoints.map(|c| c.blocking.as_secs_f64()),
             final_checkpoint_seconds: checkpoints.map(|_| s.final_save_seconds),
@@ -224,5 +230,6 @@ pub fn fit<S: Stepper>(
         }
     }
     let chunks = handle.chunks();
-    Ok(Fitted { summary, records, worker_spec, stats, chunks, startup, load, wall })
+    let before = PROCESS_START.get().map_or(startup + load, |t| (started - *t) + startup + load);
+    Ok(Fitted { summary, records, worker_spec, stats, chunks, startup, load, before, wall })
 }

@@ -60,8 +60,8 @@ pub struct TrainReport {
     /// Resumed runs: iterations or epochs the checkpoint had completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumed_at: Option<usize>,
-    /// Resumed runs: seconds from the start of this process to the first step (workers started, data loaded,
-    /// checkpoint read and restored).
+    /// Resumed runs: seconds from the start of this process to the first step (data read, workers started, data
+    /// loaded onto them, checkpoint read and restored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_seconds: Option<f64>,
     /// Checkpoints written by this process.
@@ -96,7 +96,7 @@ pub fn print_summary(r: &TrainReport) {
         println!("  stopped           {stop}");
     }
     if let (Some(at), Some(s)) = (r.resumed_at, r.resume_seconds) {
-        println!("  resumed           at {at}, {s:.2} s to the first step (start-up, load, restore)");
+        println!("  resumed           at {at}, {s:.2} s to the first step (data, workers, checkpoint)");
     }
     if let (Some(n), Some(s), Some(share)) = (r.checkpoints_written, r.checkpoint_seconds, r.checkpoint_share) {
         let last = r.final_checkpoint_seconds.unwrap_or(0.0) * 1e3;

@@ -85,11 +85,14 @@ fn scenarios(args: &ResumeArgs, exe: &Path, tmp: &Path) -> Result<()> {
         println!("scenario {scenario}: `cohort {}`", base.join(" "));
         println!(
             "  uninterrupted: model_sha256 {}…, {} checkpoints at the default interval cost {:.1} ms on the training \
-             loop = {:.2} % of training time",
+             loop = {:.2} % of {:.2} s of training, and {:.1} ms for the last one at the end",
             &sha[..16.min(sha.len())],
             reference["checkpoints_written"],
             reference["checkpoint_seconds"].as_f64().unwrap_or(f64::NAN) * 1e3,
-            reference["checkpoint_share"].as_f64().unwrap_or(f64::NAN) * 100.0
+            reference["checkpoint_share"].as_f64().unwrap_or(f64::NAN) * 100.0,
+            reference["checkpoint_seconds"].as_f64().unwrap_or(f64::NAN)
+                / reference["checkpoint_share"].as_f64().unwrap_or(f64::NAN),
+            reference["final_checkpoint_seconds"].as_f64().unwrap_or(f64::NAN) * 1e3
         );
         println!(
             "{:>5}  {:>9}  {:>9}  {:>10}  {:>11}  result",
