@@ -57,6 +57,82 @@ pub struct TrainReport {
     /// Classifiers: accuracy on the test split.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_accuracy: Option<f64>,
+    /// Resumed runs: iterations or epochs the checkpoint had completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_at: Option<usize>,
+    /// Resumed runs: seconds from the start of this process to the first step (data read, workers started, data
+    /// loaded onto them, checkpoint read and restored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_seconds: Option<f64>,
+    /// Checkpoints written by this process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints_written: Option<usize>,
+    /// Seconds the training loop spent on checkpoints between steps (encoding the state, waiting for the previous
+    /// write).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_seconds: Option<f64>,
+    /// Seconds of the last save at the end of the run, until it was on disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_checkpoint_seconds: Option<f64>,
+    /// `checkpoint_seconds` as a fraction of the training time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_share: Option<f64>,
+}
+
+/// Prints the closing summary shared by training commands.
+pub fn print_summary(r: &TrainReport) {
+    println!("  iterations        {}", r.iterations);
+    println!("  final loss        {}", fmt_loss(r.final_loss));
+    println!(
+        "  wall time         {:.2} s (worker start-up {:.2} s, data load {:.2} s)",
+        r.wall_seconds, r.startup_seconds, r.load_seconds
+    );
+    println!("  mean iteration    {:.2} ms", r.mean_iteration_seconds * 1e3);
+    println!("  traffic           {} sent, {} received", human_bytes(r.bytes_sent), human_bytes(r.bytes_received));
+    if let (Some(n), Some(t)) = (r.evaluations, r.mean_evaluation_seconds) {
+        println!("  evaluations       {n} (one round each), mean {:.2} ms", t * 1e3);
+    }
+    if let Some(stop) = &r.stop_reason {
+        println!("  stopped           {stop}");
+    }
+    if let (Some(at), Some(s)) = (r.resumed_at, r.resume_seconds) {
+        println!("  resumed           at {at}, {s:.2} s to the first step (data, workers, checkpoint)");
+    }
+    if let (Some(n), Some(s), Some(share)) = (r.checkpoints_written, r.checkpoint_seconds, r.checkpoint_share) {
+        let last = r.final_checkpoint_seconds.unwrap_or(0.0) * 1e3;
+        println!(
+            "  checkpoints       {n} written, {:.1} ms on the training loop ({:.2} % of training), {last:.1} ms for \
+             the last one at the end",
+            s * 1e3,
+            share * 100.0
+        );
+    }
+    println!("  model sha256      {}", r.model_sha256);
+}
+
+/// A loss for humans: fixed-point when moderate, scientific when huge or tiny.
+pub fn fmt_loss(loss: f64) -> String {
+    if loss != 0.0 && !(1e-4..1e6).contains(&loss.abs()) {
+        format!("{loss:.4e}")
+    } else {
+        format!("{loss:.6}")
+    }
+}
+
+/// `1234567` → `1.2 MB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// Writes `value` as pretty JSON to `path`.

@@ -75,7 +75,7 @@ pub fn script(args: &SlurmScriptArgs) -> Result<String> {
     argv.extend(args.command.iter().cloned());
     let cli = Cli::try_parse_from(&argv)
         .map_err(|e| anyhow::anyhow!("the command after `--` is not a valid cohort command line:\n{}", e.render()))?;
-    let Some((workers, launch)) = super::launch_of(&cli.command) else {
+    let Some((workers, launch)) = crate::launch::launch_of(&cli.command) else {
         bail!("`{}` starts no workers; give a training command such as `-- train softmax`", args.command.join(" "));
     };
     if let Some(w) = workers {

@@ -46,7 +46,7 @@ pub struct TrainSpec {
 
 /// Loss and accuracy sums over the rows trained on during a pass (the running training figures, as the seed's
 /// table reports them).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct PassStats {
     /// Σ loss over the rows seen (each at the parameters of its step).
     pub loss_sum: f64,

@@ -75,7 +75,7 @@ impl OptimizerSpec {
 }
 
 /// An update rule with its state for a parameter vector of fixed length.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Optimizer {
     spec: OptimizerSpec,
     m: Vec<f32>,

@@ -162,7 +162,7 @@ pub fn run(args: LaunchersArgs) -> Result<()> {
             row.name,
             row.shown,
             row.workers,
-            super::bench::fmt_dur(Duration::from_secs_f64(median(|r| r.startup))),
+            super::fmt_dur(Duration::from_secs_f64(median(|r| r.startup))),
             format!("{:.2} s", median(|r| r.wall)),
             sha,
             if stable { "" } else { " (differs between runs!)" }
@@ -268,7 +268,10 @@ fn run_row(
             script_args.extend(["--output".into(), dir.join("sbatch-%j.out").display().to_string(), "--".into()]);
             script_args.extend(args.iter().cloned());
             let refs: Vec<&str> = script_args.iter().map(String::as_str).collect();
-            std::fs::write(&script, super::slurm_script::script(&super::slurm_script::parse_args(&refs)?)?)?;
+            std::fs::write(
+                &script,
+                crate::commands::slurm_script::script(&crate::commands::slurm_script::parse_args(&refs)?)?,
+            )?;
             let mut c = command("sbatch");
             c.arg("--wait").arg(&script).env_remove("COHORT_SECRET");
             vec![c.spawn()?]
