@@ -281,6 +281,12 @@ pub struct Fitted {
     pub before: Duration,
     /// Wall time of the run.
     pub wall: Duration,
+    /// Workers lost during the run.
+    pub failures: Vec<cohort::FailureRecord>,
+    /// What each worker held and did.
+    pub workers: Vec<cohort::WorkerReport>,
+    /// What `--workers auto` chose.
+    pub auto: Option<cohort::cluster::AutoChoice>,
 }
 
 impl Fitted {
@@ -321,6 +327,9 @@ impl Fitted {
             checkpoint_seconds: checkpoints.map(|c| c.blocking.as_secs_f64()),
             final_checkpoint_seconds: checkpoints.map(|_| s.final_save_seconds),
             checkpoint_share: s.checkpoint_share(),
+            failures: self.failures.iter().map(Into::into).collect(),
+            worker_reports: self.workers.iter().map(Into::into).collect(),
+            auto_workers: self.auto.as_ref().map(Into::into),
         }
     }
 }
@@ -360,8 +369,20 @@ pub fn fit<S: Stepper>(
     progress.finish();
     let wall = started.elapsed();
     let stats = cluster.stats();
+    let (failures, workers, auto) = (cluster.failures(), cluster.worker_reports(), cluster.auto_choice().cloned());
     cluster.shutdown();
-    let summary = result?;
+    let summary = result.map_err(|e| {
+        let kept = match dir {
+            Some(d) => format!(
+                "the checkpoint in {} holds the last completed {}: continue with --resume {}",
+                d.display(),
+                stepper.unit(),
+                d.display()
+            ),
+            None => format!("give --checkpoint DIR to keep the last completed {} when a run fails", stepper.unit()),
+        };
+        anyhow::Error::from(e).context(format!("training stopped; {kept}"))
+    })?;
     if summary.outcome == Outcome::Interrupted {
         let (n, unit) = (summary.completed, stepper.unit());
         match dir {
@@ -378,5 +399,5 @@ pub fn fit<S: Stepper>(
     }
     let chunks = handle.chunks();
     let before = PROCESS_START.get().map_or(startup + load, |t| (started - *t) + startup + load);
-    Ok(Fitted { summary, records, worker_spec, stats, chunks, startup, load, before, wall })
+    Ok(Fitted { summary, records, worker_spec, stats, chunks, startup, load, before, wall, failures, workers, auto })
 }

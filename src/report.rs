@@ -77,6 +77,14 @@ pub struct TrainReport {
     /// `checkpoint_seconds` as a fraction of the training time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_share: Option<f64>,
+    /// Workers lost during the run (and recovered from), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<FailureReport>,
+    /// What each worker (lost or retired ones included) held and did.
+    pub worker_reports: Vec<WorkerFigures>,
+    /// `--workers auto`: the count kept after the first round, and the prediction it was chosen by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_workers: Option<AutoReport>,
 }
 
 /// Prints the closing summary shared by training commands.
@@ -107,6 +115,22 @@ pub fn print_summary(r: &TrainReport) {
             share * 100.0
         );
     }
+    if let Some(a) = &r.auto_workers {
+        let pred: Vec<String> =
+            a.predicted_seconds.iter().enumerate().map(|(i, t)| format!("{}: {:.2} ms", i + 1, t * 1e3)).collect();
+        println!("  workers auto      kept {} of {} (predicted round: {})", a.chose, a.started, pred.join(", "));
+    }
+    for f in &r.failures {
+        let recovered = match f.recovered_seconds {
+            Some(t) => format!("work whole again {:.0} ms later", (t - f.detected_seconds) * 1e3),
+            None => "not recovered".to_string(),
+        };
+        let cause = f.cause.lines().next().unwrap_or("");
+        println!(
+            "  lost worker       {} during {} at {:.2} s: {cause}; {recovered}",
+            f.worker, f.during, f.detected_seconds
+        );
+    }
     println!("  model sha256      {}", r.model_sha256);
 }
 
@@ -132,6 +156,81 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A worker lost during a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureReport {
+    /// The worker.
+    pub worker: String,
+    /// Why it was declared lost.
+    pub cause: String,
+    /// What the cluster was doing: `load`, `round`, `pass`, `between operations`.
+    pub during: String,
+    /// When it was detected, seconds after the workers started.
+    pub detected_seconds: f64,
+    /// When the work in flight was whole again, seconds after the workers started.
+    pub recovered_seconds: Option<f64>,
+}
+
+impl From<&cohort::FailureRecord> for FailureReport {
+    fn from(f: &cohort::FailureRecord) -> Self {
+        FailureReport {
+            worker: f.worker.clone(),
+            cause: f.cause.clone(),
+            during: f.during.to_string(),
+            detected_seconds: f.detected.as_secs_f64(),
+            recovered_seconds: f.recovered.map(|r| r.as_secs_f64()),
+        }
+    }
+}
+
+/// One worker's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerFigures {
+    /// The worker.
+    pub worker: String,
+    /// Still in the cluster at the end.
+    pub live: bool,
+    /// Chunks it held at the end.
+    pub chunks: u64,
+    /// Chunks it computed, in total.
+    pub chunks_done: u64,
+    /// Seconds it reported computing.
+    pub busy_seconds: f64,
+}
+
+impl From<&cohort::WorkerReport> for WorkerFigures {
+    fn from(w: &cohort::WorkerReport) -> Self {
+        WorkerFigures {
+            worker: w.worker.clone(),
+            live: w.live,
+            chunks: w.chunks,
+            chunks_done: w.chunks_done,
+            busy_seconds: w.busy.as_secs_f64(),
+        }
+    }
+}
+
+/// What `--workers auto` chose.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoReport {
+    /// Workers started and measured.
+    pub started: usize,
+    /// Workers kept.
+    pub chose: usize,
+    /// Predicted seconds per round for 1, 2, ... `started` workers.
+    pub predicted_seconds: Vec<f64>,
+}
+
+impl From<&cohort::cluster::AutoChoice> for AutoReport {
+    fn from(a: &cohort::cluster::AutoChoice) -> Self {
+        AutoReport {
+            started: a.started,
+            chose: a.chose,
+            predicted_seconds: a.predicted.iter().map(|(_, t)| t.as_secs_f64()).collect(),
+        }
     }
 }
 
