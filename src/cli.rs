@@ -316,6 +316,48 @@ pub enum BenchCommand {
     /// The launcher matrix: one small training job under local workers, the RANK/WORLD_SIZE contract, srun,
     /// sbatch, salloc with --workers slurm, mpirun and mpiexec; start-up times and model hashes side by side.
     Launchers(crate::bench::launchers::LaunchersArgs),
+    /// Worker faults: SIGKILL or SIGSTOP a random worker at a random moment of L-BFGS softmax and model-averaging
+    /// runs; completed runs, identical models, detection and recovery times; then a straggler with even and
+    /// speed-weighted placement.
+    Faults(FaultsArgs),
+}
+
+/// Arguments of `cohort bench faults`.
+#[derive(Debug, Args)]
+pub struct FaultsArgs {
+    /// Runs per scenario and signal.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Local worker processes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Scenarios: `softmax` (L-BFGS on Fashion-MNIST) and `avg` (model averaging on the MLP).
+    #[arg(long, default_value = "softmax,avg")]
+    pub scenarios: String,
+    /// Signals, each with its own runs: `kill` (SIGKILL) and `stop` (SIGSTOP).
+    #[arg(long, default_value = "kill,stop")]
+    pub signals: String,
+    /// L-BFGS iterations of the softmax scenario.
+    #[arg(long, default_value_t = 10)]
+    pub iterations: usize,
+    /// Epochs of the model-averaging scenario.
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Use the first N training rows (default: all 60 000).
+    #[arg(long, value_name = "N")]
+    pub train_rows: Option<usize>,
+    /// Seconds of silence before a worker is declared lost.
+    #[arg(long, default_value_t = defaults::HEARTBEAT_TIMEOUT)]
+    pub heartbeat_timeout: f64,
+    /// Seed of the fault schedule (which worker, when) and of the models.
+    #[arg(long, default_value_t = defaults::SEED)]
+    pub seed: u64,
+    /// How many times slower the straggler is (1 skips the straggler comparison).
+    #[arg(long, default_value_t = 3.0)]
+    pub straggler: f32,
+    /// Rounds per placement in the straggler comparison.
+    #[arg(long, default_value_t = 30)]
+    pub straggler_rounds: usize,
 }
 
 /// Arguments of `cohort bench qjam`.

@@ -166,7 +166,7 @@ pub struct FailureReport {
     pub worker: String,
     /// Why it was declared lost.
     pub cause: String,
-    /// What the cluster was doing: `load`, `round`, `pass`, `between operations`.
+    /// What the cluster was doing: `during load`, `during a round`, `during a pass`, `between operations`.
     pub during: String,
     /// When it was detected, seconds after the workers started.
     pub detected_seconds: f64,

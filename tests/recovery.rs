@@ -191,3 +191,17 @@ fn ssh_workers_recover_on_the_same_host_without_a_spare_and_on_a_spare_with_one(
     assert_eq!(sha(&got), clean);
     assert_eq!(spare.cached_binaries().len(), 1, "the spare was not used");
 }
+
+#[test]
+fn bench_faults_prints_its_tables() {
+    let out = Command::new(cohort_bin())
+        .args(["bench", "faults", "--runs", "1", "--scenarios", "softmax", "--signals", "kill", "--iterations", "3"])
+        .args(["--train-rows", "3000", "--straggler", "3", "--straggler-rounds", "4"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    let row = stdout.lines().find(|l| l.starts_with("softmax L-BFGS  kill")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains("1/1        1/1"), "the run did not complete with the fault-free model: {row}");
+    assert!(stdout.contains("speed-weighted placement is"), "{stdout}");
+}

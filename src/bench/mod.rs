@@ -1,6 +1,7 @@
 //! `cohort bench ...`: benchmark programs that print tables (dispatched here; the MLP, qjam and resume benchmarks
 //! in their own modules). Nothing here asserts on time; the figures are for people.
 
+pub mod faults;
 pub mod launchers;
 pub mod mlp;
 pub mod qjam;
@@ -25,6 +26,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Qjam(args) => qjam::run(args),
         BenchCommand::Resume(args) => resume::run(args),
         BenchCommand::Launchers(args) => launchers::run(args),
+        BenchCommand::Faults(args) => faults::run(args),
     }
 }
 

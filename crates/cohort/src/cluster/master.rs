@@ -584,7 +584,7 @@ impl Cluster {
         let failures = self.sched.failures();
         for f in &failures[self.losses_reported.min(failures.len())..] {
             tracing::warn!(
-                "lost {} during {}: {}; recovering (loss {} of at most {})",
+                "lost {} ({}): {}; recovering (loss {} of at most {})",
                 f.worker,
                 f.during,
                 f.cause,

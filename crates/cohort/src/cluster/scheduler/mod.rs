@@ -1224,10 +1224,10 @@ impl Scheduler {
     fn phase(&self) -> &'static str {
         match self.op {
             Op::Idle => "between operations",
-            Op::Start { .. } => "start-up",
-            Op::Load { .. } | Op::Describe { .. } => "load",
-            Op::Map(_) => "round",
-            Op::Pass(_) => "pass",
+            Op::Start { .. } => "during start-up",
+            Op::Load { .. } | Op::Describe { .. } => "during load",
+            Op::Map(_) => "during a round",
+            Op::Pass(_) => "during a pass",
         }
     }
 
