@@ -8,6 +8,8 @@
 //! - [`sae`]: the UFLDL sparse autoencoder; its exact cost and gradient take **one** map-reduce round
 //!   ([`sae::SaeJob`], `"sae.cost_grad"`), see the module docs for how the sparsity term is handled.
 //! - [`softmax`]: multinomial logistic regression with L2 decay ([`softmax::SoftmaxJob`], `"softmax.cost_grad"`).
+//! - [`sparse`]: sparse logistic regression over millions of power-law features (generator, resident encoding,
+//!   per-batch keys and gradients for a parameter server, evaluation job, SGD baseline).
 //! - [`mlp`]: a multilayer perceptron (ReLU, softmax cross-entropy, `f32`), trained by parallel SGD with model
 //!   averaging or synchronous SGD ([`mlp::jobs`], multipass jobs) or by full-batch L-BFGS ([`mlp::full_batch`]).
 //! - [`train`]: the training loops as resumable steppers (L-BFGS, gradient descent, model averaging, synchronous
@@ -79,6 +81,7 @@ pub mod optim;
 pub mod partial;
 pub mod sae;
 pub mod softmax;
+pub mod sparse;
 pub mod train;
 
 pub use error::{MlError, Result};
