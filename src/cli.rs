@@ -54,6 +54,9 @@ pub enum Command {
     Bench(BenchCommand),
     /// Evaluate a model saved with `--save-model` on a data set.
     Eval(EvalArgs),
+    /// Write a generated data set to a file.
+    #[command(subcommand)]
+    Gen(crate::commands::gen::GenCommand),
     /// Write an sbatch script that runs a cohort command on a Slurm cluster (master in the batch step, one worker
     /// per task started with srun).
     SlurmScript(crate::commands::slurm_script::SlurmScriptArgs),

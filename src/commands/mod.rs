@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod eval;
+pub mod gen;
 pub mod mlp;
 pub mod slurm_script;
 pub mod train;
@@ -46,6 +47,7 @@ pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
         },
         Command::Bench(cmd) => crate::bench::run(cmd),
         Command::Eval(args) => eval::run(args),
+        Command::Gen(cmd) => gen::run(cmd),
         Command::SlurmScript(args) => slurm_script::run(args),
         Command::Worker => cohort::worker::serve_stdio(registry).context("worker mode"),
     }

@@ -19,4 +19,5 @@ pub fn registry() -> Registry {
         .multipass(cohort_ml::mlp::jobs::BspJob)
         .map_reduce(cohort_ml::sae::SaeJob)
         .map_reduce(cohort_ml::softmax::SoftmaxJob)
+        .map_reduce(cohort_ml::sparse::SparseLogRegEval)
 }
