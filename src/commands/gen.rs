@@ -86,6 +86,12 @@ fn sparse(args: GenSparseArgs) -> Result<()> {
         stats.positives,
         100.0 * stats.positives as f64 / stats.rows.max(1) as f64
     );
+    let rows = stats.rows.max(1) as f64;
+    println!(
+        "  hidden weights    accuracy {:.4}, mean loss {:.4} on these rows (the best possible accuracy)",
+        stats.truth_correct as f64 / rows,
+        stats.truth_loss / rows
+    );
     println!("  file size         {:.1} MB", mb(stats.bytes as f64));
     println!("  resident encoding {:.1} MB (f32, padded to {} non-zeros per row)", mb(resident), stats.max_nnz);
     println!(

@@ -31,6 +31,7 @@ use std::str::FromStr;
 use cohort::rng::Rng;
 
 use super::encoding::{SparseBuilder, SparseDataset, MAX_FEATURES};
+use super::logreg::logistic_loss;
 use super::zipf::Zipf;
 use super::SparseError;
 use crate::error::{MlError, Result};
@@ -201,7 +202,7 @@ pub struct GeneratedRow {
 }
 
 /// What writing a data set produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct GenStats {
     /// Rows written.
     pub rows: usize,
@@ -215,6 +216,10 @@ pub struct GenStats {
     pub distinct_keys: usize,
     /// Bytes of text written.
     pub bytes: u64,
+    /// Rows the hidden weights classify right (`w*·x > 0` for the positive rows): the best possible accuracy.
+    pub truth_correct: usize,
+    /// Sum of the logistic losses of the hidden (scaled) weights.
+    pub truth_loss: f64,
 }
 
 /// The generator of a [`SparseSpec`]: holds the key permutation, the hidden weights and the margin's scale.
@@ -271,9 +276,15 @@ impl SparseGenerator {
 
     /// Row `index` (of the whole data set, not counting from `first_row`) into `row`.
     pub fn row_into(&self, index: u64, row: &mut GeneratedRow) {
+        self.labelled(index, row);
+    }
+
+    /// [`row_into`](Self::row_into), returning the row's margin under the hidden (scaled) weights.
+    fn labelled(&self, index: u64, row: &mut GeneratedRow) -> f64 {
         let mut rng = Rng::derive(self.spec.seed ^ ROWS, index);
-        let margin = self.draw(&mut rng, row);
-        row.positive = self.scale * margin + self.spec.noise * rng.normal() > 0.0;
+        let margin = self.scale * self.draw(&mut rng, row);
+        row.positive = margin + self.spec.noise * rng.normal() > 0.0;
+        margin
     }
 
     /// Row `index` (of the whole data set).
@@ -345,7 +356,9 @@ impl SparseGenerator {
         let mut row = GeneratedRow::default();
         let mut line = Vec::with_capacity(16 * self.max_nnz() + 4);
         for i in 0..self.spec.rows as u64 {
-            self.row_into(self.spec.first_row + i, &mut row);
+            let margin = self.labelled(self.spec.first_row + i, &mut row);
+            stats.truth_correct += usize::from((margin > 0.0) == row.positive);
+            stats.truth_loss += logistic_loss(margin, if row.positive { 1.0 } else { 0.0 });
             line.clear();
             format_row(&row, self.spec.values, &mut line);
             out.write_all(&line)?;
@@ -521,6 +534,7 @@ mod tests {
         assert_eq!(first.split(' ').count(), 1 + row.keys.len());
         assert_eq!(stats.nonzeros, (0..20).map(|i| g.row(i).keys.len() as u64).sum::<u64>());
         assert!(stats.distinct_keys > 40 && stats.distinct_keys < 20 * 50);
+        assert!(stats.truth_correct > 10 && stats.truth_loss > 0.0);
     }
 
     #[test]
