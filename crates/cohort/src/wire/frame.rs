@@ -4,7 +4,7 @@
 //! offset  size  field
 //! 0       4     body_len    u32 LE: bytes after this field (header_len field + header + payload)
 //! 4       2     header_len  u16 LE
-//! 6       H     header      postcard-encoded [`Message`]
+//! 6       H     header      postcard-encoded [`Message`] (or another header type: parameter-server links use their own)
 //! 6+H     P     payload     raw bytes (tensors as little-endian, see `codec`)
 //! ```
 //!
@@ -25,9 +25,9 @@ pub const PREFIX_LEN: usize = 6;
 
 /// One decoded frame: the header message and its raw payload.
 #[derive(Debug)]
-pub struct Frame {
+pub struct Frame<H = Message> {
     /// The decoded header.
-    pub message: Message,
+    pub message: H,
     /// Raw payload bytes (may be empty).
     pub payload: Vec<u8>,
     /// Bytes this frame occupied on the wire, prefix included.
@@ -37,7 +37,7 @@ pub struct Frame {
 /// Encodes the prefix and header of a frame whose payload has `payload_len` bytes.
 ///
 /// The payload itself is written separately so large tensors are never copied into a second buffer.
-pub fn encode_prefix(message: &Message, payload_len: usize) -> Result<Vec<u8>, WireError> {
+pub fn encode_prefix<H: serde::Serialize>(message: &H, payload_len: usize) -> Result<Vec<u8>, WireError> {
     let buf = vec![0u8; PREFIX_LEN];
     let buf = postcard::to_extend(message, buf).map_err(|e| WireError::Encode(e.to_string()))?;
     let header_len = buf.len() - PREFIX_LEN;
@@ -53,7 +53,7 @@ pub fn encode_prefix(message: &Message, payload_len: usize) -> Result<Vec<u8>, W
 }
 
 /// Writes one frame and flushes. Returns the number of bytes written.
-pub fn write_frame<W: Write>(w: &mut W, message: &Message, payload: &[u8]) -> Result<usize, WireError> {
+pub fn write_frame<W: Write, H: serde::Serialize>(w: &mut W, message: &H, payload: &[u8]) -> Result<usize, WireError> {
     let mut prefix = encode_prefix(message, payload.len())?;
     let total = prefix.len() + payload.len();
     // Small frames go out in one write: one syscall, one wake-up on the other side.
@@ -73,6 +73,14 @@ pub fn write_frame<W: Write>(w: &mut W, message: &Message, payload: &[u8]) -> Re
 /// Returns `Ok(None)` on a clean close (end of stream before the first byte of a frame); a close in the middle of a
 /// frame is [`WireError::Truncated`]. Frames whose `body_len` exceeds `max_len` are rejected before allocation.
 pub fn read_frame<R: Read>(r: &mut R, max_len: u32) -> Result<Option<Frame>, WireError> {
+    read_frame_of(r, max_len)
+}
+
+/// Like [`read_frame`], with a header of another type (the layout is the same).
+pub fn read_frame_of<H: serde::de::DeserializeOwned, R: Read>(
+    r: &mut R,
+    max_len: u32,
+) -> Result<Option<Frame<H>>, WireError> {
     let mut len_buf = [0u8; 4];
     if !read_exact_or_eof(r, &mut len_buf)? {
         return Ok(None);
@@ -92,7 +100,7 @@ pub fn read_frame<R: Read>(r: &mut R, max_len: u32) -> Result<Option<Frame>, Wir
     if 2 + header_len > body.len() {
         return Err(WireError::Malformed(format!("header length {header_len} exceeds frame body of {body_len} bytes")));
     }
-    let message: Message =
+    let message: H =
         postcard::from_bytes(&body[2..2 + header_len]).map_err(|e| WireError::Malformed(format!("bad header: {e}")))?;
     body.drain(..2 + header_len);
     Ok(Some(Frame { message, payload: body, wire_len: 4 + body_len as usize }))
