@@ -2,8 +2,8 @@
 //! check the platform, install the binary), starts every worker through the [`Spawner`](super::launch), and hands
 //! them to the [`Cluster`], whose scheduler completes the handshakes.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::master::{Cluster, DriverConfig};
 use super::scheduler::{Config, Placement};
@@ -318,7 +318,7 @@ impl ClusterBuilder {
             }
         }
         if let Some(launcher) = &self.launcher {
-            super::launch::start(
+            start_launcher(
                 &mut cluster,
                 launcher,
                 &spawner.secret,
@@ -355,4 +355,57 @@ fn bootstrap_hosts(remote: &[(SshTarget, usize)], spawner: &Spawner) -> Result<V
         Some(e) => Err(e),
         None => Ok(hosts),
     }
+}
+
+/// Adds the launcher's workers to `cluster` (after its local and ssh workers): rank 0 admits the other ranks;
+/// a Slurm master starts `srun` and admits its tasks.
+fn start_launcher(
+    cluster: &mut Cluster,
+    launcher: &super::launch::Launcher,
+    secret: &Secret,
+    binary: [u8; 32],
+    program: &Path,
+    heartbeat_interval: Duration,
+    forward_stderr: bool,
+) -> crate::Result<()> {
+    let heartbeat_ms = heartbeat_interval.as_millis().clamp(1, u32::MAX as u128) as u32;
+    let base_id = cluster.next_worker_id();
+    let admitted = match launcher {
+        super::launch::Launcher::Ranks(r) => {
+            let master = &r.env.master;
+            let what = format!("rank 0 (port {}, {})", master.port, master.port_from);
+            let listener = super::launch::rank::listen(master.port, &what, &master.port_from)?;
+            let expect = super::launch::rank::Expect { first: 1, world: r.env.world, kind: "rank" };
+            let deadline = Instant::now() + r.timeout;
+            let admission =
+                super::launch::rank::Admission { expect, secret, binary, base_id, heartbeat_ms, deadline, what };
+            admission.run(listener, || Ok(()))?
+        }
+        super::launch::Launcher::Slurm(s) => {
+            let what = format!("the master of Slurm job {}", s.job_id);
+            let listener = super::launch::rank::listen(0, &what, "any free port")?;
+            let port = listener
+                .local_addr()
+                .map_err(|source| super::launch::LaunchError::Io { what: "reading the listening port".into(), source })?
+                .port();
+            let mut step = s.spawn(program, &format!("{}:{port}", s.master_host), secret, forward_stderr)?;
+            let expect = super::launch::rank::Expect { first: 0, world: s.tasks, kind: "slurm task" };
+            let deadline = Instant::now() + s.timeout;
+            let admission =
+                super::launch::rank::Admission { expect, secret, binary, base_id, heartbeat_ms, deadline, what };
+            let admitted = admission.run(listener, || step.check_running());
+            // Kept either way: on failure the cluster's drop stops it.
+            cluster.add_launcher(step);
+            admitted?
+        }
+    };
+    for a in admitted {
+        let place = format!("{} {} on {}, pid {}", a.kind, a.rank, a.hello.host, a.hello.pid);
+        let reader = a
+            .stream
+            .try_clone()
+            .map_err(|source| super::launch::LaunchError::Io { what: format!("setting up {place}"), source })?;
+        cluster.add_connected(place, Box::new(reader), Box::new(a.stream), a.hello)?;
+    }
+    Ok(())
 }

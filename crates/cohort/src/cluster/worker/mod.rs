@@ -18,23 +18,16 @@ use std::time::{Duration, Instant};
 
 mod core;
 pub mod fault;
+pub mod rank;
 
 pub(crate) use self::core::{Control, WorkerCore};
 use crate::job::Registry;
 use crate::wire::frame::{read_frame, write_frame, MAX_FRAME};
 use crate::wire::handshake::{worker_handshake, HandshakeError, Secret, WorkerIdentity};
 use crate::wire::{Message, WireError};
+pub use rank::{note_termination, RankWorker};
 
-/// Environment variable that puts a process in worker mode (value `worker`).
-pub const ROLE_ENV: &str = "COHORT_ROLE";
-/// Environment variable carrying the per-job secret (hex).
-pub const SECRET_ENV: &str = "COHORT_SECRET";
-/// Prefix of the optional first stdin line carrying the secret.
-pub const SECRET_LINE_PREFIX: &str = "COHORT-SECRET ";
-/// Environment variable asking the worker to serve over TCP on this address (e.g. `0.0.0.0:0`) instead of stdio.
-pub const LISTEN_ENV: &str = "COHORT_LISTEN";
-/// Prefix of the line `COHORT-LISTEN <ip> <port>` a TCP worker writes on its stdout.
-pub const LISTEN_LINE_PREFIX: &str = "COHORT-LISTEN ";
+pub use super::process::{LISTEN_ENV, LISTEN_LINE_PREFIX, ROLE_ENV, SECRET_ENV, SECRET_LINE_PREFIX};
 /// How long a TCP worker waits for the master to connect and pass the handshake.
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -61,7 +54,7 @@ pub fn is_worker() -> bool {
 /// return immediately. Call it first thing in `main`, with the registry of every job the program may run.
 pub fn run_if_worker(registry: &Registry) {
     // Ranks started by a launcher (srun, mpirun, Kubernetes) and tasks of a `--workers slurm` step connect over TCP.
-    super::launch::run_if_rank_worker(registry);
+    rank::run_if_rank_worker(registry);
     if is_worker() {
         let code = match serve_stdio(registry) {
             Ok(()) => 0,
@@ -160,13 +153,6 @@ fn redirect_stdout_to_stderr() -> Result<File, WorkerError> {
     }
 }
 
-/// This host's name (for handshakes and as the address `--workers slurm` tasks connect to).
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// Serves one master over any reader/writer pair. `exit_on_disconnect` makes the heartbeat thread end the process
 /// when the master is gone even while a long computation runs (what a worker process wants; not a test thread).
 pub fn serve<R: Read, W: Write + Send + 'static>(
@@ -180,7 +166,7 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
         binary_sha256: crate::wire::own_binary_sha256().map_err(|e| WorkerError::Setup(e.to_string()))?,
         jobs: registry.names(),
         pid: std::process::id(),
-        host: hostname(),
+        host: super::process::hostname(),
     };
     let mut output = output;
     let welcome = worker_handshake(&mut input, &mut output, secret, identity)?;
