@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The order of fields must match between [`encode_prefix`] and [`read_frame`]. `body_len` is checked against a
-//! caller-supplied bound *before* anything is allocated, so a hostile or corrupt peer cannot make us reserve memory.
+//! caller-supplied bound *before* anything is allocated, and the payload buffer then grows only as bytes arrive, so
+//! a hostile or corrupt peer cannot make us reserve memory it does not send.
 
 use std::io::{self, Read, Write};
 
@@ -94,16 +95,31 @@ pub fn read_frame_of<H: serde::de::DeserializeOwned, R: Read>(
             "frame body of {body_len} bytes is shorter than its header length field"
         )));
     }
-    let mut body = vec![0u8; body_len as usize];
-    r.read_exact(&mut body).map_err(truncated)?;
-    let header_len = u16::from_le_bytes([body[0], body[1]]) as usize;
-    if 2 + header_len > body.len() {
+    let mut header_len = [0u8; 2];
+    r.read_exact(&mut header_len).map_err(truncated)?;
+    let header_len = u16::from_le_bytes(header_len) as usize;
+    if 2 + header_len > body_len as usize {
         return Err(WireError::Malformed(format!("header length {header_len} exceeds frame body of {body_len} bytes")));
     }
-    let message: H =
-        postcard::from_bytes(&body[2..2 + header_len]).map_err(|e| WireError::Malformed(format!("bad header: {e}")))?;
-    body.drain(..2 + header_len);
-    Ok(Some(Frame { message, payload: body, wire_len: 4 + body_len as usize }))
+    let mut header = vec![0u8; header_len];
+    r.read_exact(&mut header).map_err(truncated)?;
+    let message: H = postcard::from_bytes(&header).map_err(|e| WireError::Malformed(format!("bad header: {e}")))?;
+    let payload = read_payload(r, body_len as usize - 2 - header_len)?;
+    Ok(Some(Frame { message, payload, wire_len: 4 + body_len as usize }))
+}
+
+/// Reads exactly `len` payload bytes into a buffer that grows as they arrive (doubling from 1 MiB), so a peer that
+/// announces a large frame and sends little makes us reserve little.
+fn read_payload<R: Read>(r: &mut R, len: usize) -> Result<Vec<u8>, WireError> {
+    const FIRST_STEP: usize = 1 << 20;
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        let start = payload.len();
+        let step = (len - start).min(start.max(FIRST_STEP));
+        payload.resize(start + step, 0);
+        r.read_exact(&mut payload[start..]).map_err(truncated)?;
+    }
+    Ok(payload)
 }
 
 /// Fills `buf` completely; `Ok(false)` if the stream ended before the first byte.
@@ -167,6 +183,32 @@ mod tests {
         write_frame(&mut buf, &Message::Heartbeat, &[0u8; 100_000]).unwrap();
         let err = read_frame(&mut buf.as_slice(), MAX_HANDSHAKE_FRAME).unwrap_err();
         assert!(matches!(err, WireError::FrameTooLarge { .. }));
+    }
+
+    /// A reader over a few bytes that remembers the largest buffer it was asked to fill.
+    struct Largest<'a> {
+        bytes: &'a [u8],
+        largest: usize,
+    }
+
+    impl Read for Largest<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.largest = self.largest.max(buf.len());
+            self.bytes.read(buf)
+        }
+    }
+
+    #[test]
+    fn frame_announcing_a_gigabyte_but_sending_little_reserves_little() {
+        let mut bytes = encode_prefix(&Message::Heartbeat, (MAX_FRAME - 3) as usize).unwrap();
+        bytes.extend_from_slice(&[1; 10]);
+        let mut r = Largest { bytes: &bytes, largest: 0 };
+        assert!(matches!(read_frame(&mut r, MAX_FRAME), Err(WireError::Truncated)));
+        assert!(r.largest <= 1 << 20, "asked to fill {} bytes before they arrived", r.largest);
+        // A header length beyond the body is refused before the header is read.
+        let mut bytes = 10u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&9u16.to_le_bytes());
+        assert!(matches!(read_frame(&mut bytes.as_slice(), MAX_FRAME), Err(WireError::Malformed(_))));
     }
 
     #[test]
