@@ -71,7 +71,7 @@ impl<'r> WorkerCore<'r> {
     pub fn handle(&mut self, frame: Frame, out: &mut Out<'_>) -> Result<Control, WireError> {
         match frame.message {
             Message::LoadChunk(meta) => {
-                self.fault(When::Load, std::slice::from_ref(&(meta.chunk..meta.chunk + 1)));
+                self.fault(When::Load, std::slice::from_ref(&(meta.chunk..meta.chunk.saturating_add(1))));
                 if let Err(failure) = self.store.insert(&meta, &frame.payload) {
                     self.load_failure.get_or_insert(failure);
                 }
@@ -239,5 +239,49 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "unknown panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{ChunkMeta, ElemType};
+
+    /// Serves `message` and returns the answers' kinds.
+    fn serve(core: &mut WorkerCore<'_>, message: Message, payload: &[u8]) -> Vec<Message> {
+        let mut answers = Vec::new();
+        let frame = Frame { message, payload: payload.to_vec(), wire_len: 0 };
+        core.handle(frame, &mut |m, _| {
+            answers.push(m);
+            Ok(())
+        })
+        .unwrap();
+        answers
+    }
+
+    /// `chunk + 1` overflowed (a panic in debug builds) before the chunk was even checked (found by the fuzzer).
+    #[test]
+    fn load_chunk_numbered_u32_max_is_a_bad_chunk_not_an_overflow() {
+        let registry = Registry::new();
+        let mut core = WorkerCore::new(&registry);
+        let meta = ChunkMeta {
+            dataset: [1; 32],
+            elem: ElemType::F64,
+            cols: 1,
+            total_chunks: 4,
+            chunk: u32::MAX,
+            first_row: 0,
+            rows: 1,
+            has_labels: false,
+        };
+        assert!(serve(&mut core, Message::LoadChunk(meta), &[0; 8]).is_empty());
+        let answers = serve(&mut core, Message::LoadDone { req: 1, dataset: [1; 32] }, &[]);
+        assert!(
+            matches!(
+                &answers[..],
+                [Message::Failed { req: 1, failure: WorkerFailure::BadChunk { chunk: u32::MAX, .. } }]
+            ),
+            "{answers:?}"
+        );
     }
 }
