@@ -247,6 +247,11 @@ impl<J: MapReduce> ErasedJob for Erased<J> {
             what: format!("parameters of `{}`", J::NAME),
             detail: e.to_string(),
         })?;
+        // A range beyond the dataset (or reversed) would take the tree outside its leaves.
+        if let Some(bad) = runs.iter().find(|r| r.start > r.end || r.end > data.total_chunks) {
+            let chunk = if bad.start > bad.end { bad.start } else { bad.start.max(data.total_chunks) };
+            return Err(WorkerFailure::MissingChunk { dataset: crate::data::resident::short_id(&data.id), chunk });
+        }
         let tree = Tree::new(data.total_chunks);
         for run in runs {
             for node in tree.cover(run.clone()) {

@@ -259,6 +259,34 @@ mod tests {
         answers
     }
 
+    /// Ranges beyond the dataset took the reduction tree outside its leaves: an overflow panic inside the job's
+    /// `catch_unwind`, reported as if the user's job had panicked (found by the fuzzer).
+    #[test]
+    #[allow(clippy::reversed_empty_ranges, clippy::single_range_in_vec_init)]
+    fn map_over_chunks_beyond_the_dataset_is_a_missing_chunk_not_a_panic() {
+        let registry = Registry::new();
+        let mut core = WorkerCore::new(&registry);
+        let meta = ChunkMeta {
+            dataset: [1; 32],
+            elem: ElemType::F64,
+            cols: 1,
+            total_chunks: 2,
+            chunk: 0,
+            first_row: 0,
+            rows: 1,
+            has_labels: false,
+        };
+        serve(&mut core, Message::LoadChunk(meta), &[0; 8]);
+        for (chunks, missing) in [(vec![0..u32::MAX], 2), (vec![0..1, 5..9], 5), (vec![1..0], 1), (vec![3..3], 3)] {
+            let map = Message::Map { req: 7, job: "cohort.noop".into(), dataset: [1; 32], chunks };
+            let answers = serve(&mut core, map, &crate::wire::Payload::to_bytes(&Vec::<u8>::new()));
+            assert!(
+                matches!(&answers[..], [Message::Failed { req: 7, failure: WorkerFailure::MissingChunk { chunk, .. } }] if *chunk == missing),
+                "{answers:?}"
+            );
+        }
+    }
+
     /// `chunk + 1` overflowed (a panic in debug builds) before the chunk was even checked (found by the fuzzer).
     #[test]
     fn load_chunk_numbered_u32_max_is_a_bad_chunk_not_an_overflow() {
