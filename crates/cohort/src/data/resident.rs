@@ -88,21 +88,30 @@ impl Store {
     pub fn insert(&mut self, meta: &ChunkMeta, payload: &[u8]) -> Result<(), WorkerFailure> {
         let bad = |detail: String| WorkerFailure::BadChunk { chunk: meta.chunk, detail };
         let size = meta.elem.size();
-        let n_values = meta.rows as usize * meta.cols as usize;
-        let n_labels = if meta.has_labels { meta.rows as usize } else { 0 };
-        if payload.len() != (n_values + n_labels) * size {
+        // In u128: rows × cols × 8 of two u32 cannot overflow there, whatever a frame claims.
+        let n_labels = if meta.has_labels { u128::from(meta.rows) } else { 0 };
+        let expected = (u128::from(meta.rows) * u128::from(meta.cols) + n_labels) * size as u128;
+        if payload.len() as u128 != expected {
             return Err(bad(format!(
-                "payload has {} bytes, expected {} ({} rows × {} cols{} of {})",
+                "payload has {} bytes, expected {expected} ({} rows × {} cols{} of {})",
                 payload.len(),
-                (n_values + n_labels) * size,
                 meta.rows,
                 meta.cols,
                 if meta.has_labels { " + labels" } else { "" },
                 meta.elem
             )));
         }
+        // The payload is as long as claimed, so these fit.
+        let n_values = meta.rows as usize * meta.cols as usize;
         if meta.chunk >= meta.total_chunks {
             return Err(bad(format!("chunk index beyond the dataset's {} chunks", meta.total_chunks)));
+        }
+        if meta.total_chunks as usize > crate::data::MAX_CHUNKS {
+            return Err(bad(format!(
+                "the dataset claims {} chunks, more than the limit of {}",
+                meta.total_chunks,
+                crate::data::MAX_CHUNKS
+            )));
         }
         let values = Values::from_le(meta.elem, &payload[..n_values * size]).map_err(|e| bad(e.to_string()))?;
         let labels = if meta.has_labels {
@@ -225,6 +234,23 @@ mod tests {
             store.insert(&chunk(c, 8), &[0u8; 16]).unwrap();
         }
         store
+    }
+
+    /// `(rows × cols + rows) × 8` overflowed for shapes near u32::MAX: a panic in debug builds, and in release
+    /// builds a wrapped size that a short payload could match (found by the fuzzer).
+    #[test]
+    fn load_chunk_with_a_huge_shape_is_a_bad_chunk_not_an_overflow() {
+        let mut store = Store::default();
+        for (rows, cols, has_labels) in
+            [(u32::MAX, u32::MAX, true), (u32::MAX, 1 << 30, false), (1 << 31, 1 << 31, true)]
+        {
+            let meta = ChunkMeta { rows, cols, has_labels, ..chunk(0, 8) };
+            let e = store.insert(&meta, &[0u8; 16]).unwrap_err();
+            assert!(matches!(&e, WorkerFailure::BadChunk { detail, .. } if detail.contains("expected")), "{e:?}");
+        }
+        let e = store.insert(&chunk(0, u32::MAX), &[0u8; 16]).unwrap_err();
+        assert!(e.to_string().contains("more than the limit"), "{e}");
+        assert_eq!(store.chunk_count(&[1; 32]), 0);
     }
 
     /// A request naming chunks up to u32::MAX used to visit every index in the range: billions of map lookups, minutes
