@@ -149,7 +149,15 @@ impl Store {
                 source.values.display()
             )));
         }
-        if total_chunks == 0 || ranges.iter().any(|r| r.end > total_chunks || r.start > r.end) {
+        // As the master cuts it: at least one chunk, at most one per row and at most MAX_CHUNKS.
+        if total_chunks == 0 || u64::from(total_chunks) > rows || total_chunks as usize > crate::data::MAX_CHUNKS {
+            return Err(load(format!(
+                "{} rows cannot be cut into {total_chunks} chunks (1 to one per row, at most {})",
+                rows,
+                crate::data::MAX_CHUNKS
+            )));
+        }
+        if ranges.iter().any(|r| r.end > total_chunks || r.start > r.end) {
             return Err(load(format!("chunk ranges {ranges:?} do not fit {total_chunks} chunks")));
         }
         let cols = info.cols;
@@ -251,6 +259,28 @@ mod tests {
         let e = store.insert(&chunk(0, u32::MAX), &[0u8; 16]).unwrap_err();
         assert!(e.to_string().contains("more than the limit"), "{e}");
         assert_eq!(store.chunk_count(&[1; 32]), 0);
+    }
+
+    /// A LoadSource cutting 3 rows into u32::MAX - 1 chunks was accepted; the next Map's reduction tree then
+    /// overflowed (found by the fuzzer).
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)]
+    fn load_source_with_more_chunks_than_rows_or_the_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::write(&images, [0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6]).unwrap();
+        let source = FileSource::idx(&images, None);
+        let info = loaders::describe(&source).unwrap();
+        let mut store = Store::default();
+        let mut load = |total_chunks: u32| {
+            let chunks = [0..total_chunks.min(2)];
+            store.load_source([2; 32], &source, ElemType::F32, info.fingerprint, 3, total_chunks, &chunks)
+        };
+        for total_chunks in [0, 4, u32::MAX - 1] {
+            let e = load(total_chunks).unwrap_err();
+            assert!(e.to_string().contains("cannot be cut into"), "{e}");
+        }
+        assert_eq!(load(3).unwrap(), 2);
     }
 
     /// A request naming chunks up to u32::MAX used to visit every index in the range: billions of map lookups, minutes
