@@ -40,6 +40,8 @@
 pub mod cluster;
 pub mod data;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod job;
 pub mod rng;
 pub mod tree;
