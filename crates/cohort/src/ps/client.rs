@@ -100,6 +100,8 @@ pub struct ClientCore {
     /// Per server, the pushes not yet acknowledged, by sequence number.
     unacked: Vec<BTreeMap<u64, Request>>,
     pulls: BTreeMap<u64, PendingPull>,
+    /// Whether this worker left (a `Leave` is then part of what a failover re-sends).
+    left: bool,
 }
 
 impl ClientCore {
@@ -120,6 +122,7 @@ impl ClientCore {
             next_pull: 0,
             unacked: vec![BTreeMap::new(); servers],
             pulls: BTreeMap::new(),
+            left: false,
         })
     }
 
@@ -164,6 +167,7 @@ impl ClientCore {
     /// Continues after a restart: the clock to resume at (the largest of the servers' [`ClientEvent::Joined`]
     /// clocks) and the largest sequence number any server saw.
     pub fn resume(&mut self, clock: u64, last_seq: Option<u64>) {
+        self.left = false;
         self.clock = self.clock.max(clock);
         if let Some(s) = last_seq {
             self.next_seq = self.next_seq.max(s + 1);
@@ -275,13 +279,14 @@ impl ClientCore {
         (0..self.servers()).map(|s| (s, Request::Clock { worker: self.worker, clock })).collect()
     }
 
-    /// The worker leaves for good (it finished while others go on): a `Leave` for every server.
-    pub fn leave(&self) -> Vec<(ServerIdx, Request)> {
+    /// The worker leaves (it finished while others go on): a `Leave` for every server.
+    pub fn leave(&mut self) -> Vec<(ServerIdx, Request)> {
+        self.left = true;
         (0..self.servers()).map(|s| (s, Request::Leave { worker: self.worker })).collect()
     }
 
     /// What to send server `s`'s replacement after a failover, in order: the unacknowledged pushes, the last clock
-    /// declaration, the unanswered pull parts.
+    /// declaration, the unanswered pull parts, and the `Leave` if the worker left.
     pub fn resend(&self, s: ServerIdx) -> Vec<Request> {
         let mut out: Vec<Request> = self.unacked[s].values().cloned().collect();
         if self.clock > 0 {
@@ -291,6 +296,9 @@ impl ClientCore {
             if let Some(part) = pull.parts.get(&s).filter(|p| p.read.is_none()) {
                 out.push(part.request.clone());
             }
+        }
+        if self.left {
+            out.push(Request::Leave { worker: self.worker });
         }
         out
     }
@@ -354,5 +362,119 @@ impl ClientCore {
 
     fn outside(&self, key: u64) -> PsError {
         PsError::KeyOutOfRange { key, lo: self.bounds[0], hi: *self.bounds.last().expect("two bounds") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn read(clock: u64, view: u64) -> ReadInfo {
+        ReadInfo { clock, view, staleness: clock - view, bound: Some(1), waited: Duration::ZERO }
+    }
+
+    #[test]
+    fn updates_are_split_over_the_servers_and_kept_until_acked() {
+        let mut c = ClientCore::new(3, vec![0, 4, 6, 10]).unwrap();
+        let out = c.push(Update::Dense { range_start: 2, values: vec![1.0, 2.0, 3.0, 4.0, 5.0] }).unwrap();
+        let expect = |seq, start, values: &[f32]| Request::Push {
+            worker: 3,
+            clock: 0,
+            seq,
+            update: Update::Dense { range_start: start, values: values.to_vec() },
+        };
+        assert_eq!(
+            out,
+            vec![(0, expect(0, 2, &[1.0, 2.0])), (1, expect(1, 4, &[3.0, 4.0])), (2, expect(2, 6, &[5.0]))]
+        );
+        c.advance();
+        let out = c.push(Update::Sparse { keys: vec![9, 1, 8], values: vec![1.0, 2.0, 3.0] }).unwrap();
+        assert_eq!(out.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [0, 2]);
+        let Request::Push { clock, seq, update, .. } = &out[1].1 else { panic!() };
+        assert_eq!((*clock, *seq, update), (1, 4, &Update::Sparse { keys: vec![9, 8], values: vec![1.0, 3.0] }));
+        assert_eq!(c.unacked(), 5);
+        assert_eq!(
+            c.on_reply(2, Reply::PushAck { worker: 3, seq: 2 }).unwrap(),
+            Some(ClientEvent::Acked { server: 2, seq: 2 })
+        );
+        assert_eq!(c.on_reply(2, Reply::PushAck { worker: 3, seq: 2 }).unwrap(), None, "a duplicate ack");
+        // Server 2 fails over: its unacked push, the last clock, then nothing else.
+        assert_eq!(c.resend(2), vec![out[1].1.clone(), Request::Clock { worker: 3, clock: 0 }]);
+    }
+
+    #[test]
+    fn pulls_are_reassembled_in_the_order_asked() {
+        let mut c = ClientCore::new(0, vec![0, 4, 8]).unwrap();
+        let (id, out) = c.pull(&Selection::Keys(vec![6, 1, 6, 3])).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].1, Request::Pull { worker: 0, clock: 0, what: Selection::Keys(vec![1, 3]), req: id });
+        assert_eq!(out[1].1, Request::Pull { worker: 0, clock: 0, what: Selection::Keys(vec![6, 6]), req: id });
+        assert_eq!(c.resend(1), vec![out[1].1.clone()]);
+        let r = c.on_reply(1, Reply::PullReply { req: id, values: vec![60.0, 60.0], read: read(0, 0) }).unwrap();
+        assert_eq!(r, None);
+        assert!(c.resend(1).is_empty(), "answered parts are not re-sent");
+        let r = c.on_reply(0, Reply::PullReply { req: id, values: vec![10.0, 30.0], read: read(0, 0) }).unwrap();
+        let Some(ClientEvent::Pulled(p)) = r else { panic!("{r:?}") };
+        assert_eq!(p.values, [60.0, 10.0, 60.0, 30.0]);
+        assert_eq!(c.pending_pulls(), 0);
+
+        c.advance();
+        c.advance();
+        let (id, out) = c.pull(&Selection::Range { start: 2, end: 7 }).unwrap();
+        assert_eq!(
+            out[1].1,
+            Request::Pull { worker: 0, clock: 2, what: Selection::Range { start: 4, end: 7 }, req: id }
+        );
+        c.on_reply(1, Reply::PullReply { req: id, values: vec![4.0, 5.0, 6.0], read: read(2, 1) }).unwrap();
+        let Some(ClientEvent::Pulled(p)) =
+            c.on_reply(0, Reply::PullReply { req: id, values: vec![2.0, 3.0], read: read(2, 2) }).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((p.staleness(), p.values), (1, vec![2.0, 3.0, 4.0, 5.0, 6.0]));
+    }
+
+    #[test]
+    fn an_empty_pull_still_waits_for_the_consistency_mode() {
+        let mut c = ClientCore::new(0, vec![5, 9]).unwrap();
+        let (id, out) = c.pull(&Selection::Keys(vec![])).unwrap();
+        assert_eq!(out, vec![(0, Request::Pull { worker: 0, clock: 0, what: Selection::Keys(vec![]), req: id })]);
+        let r = c.on_reply(0, Reply::PullReply { req: id, values: vec![], read: read(0, 0) }).unwrap();
+        assert!(matches!(r, Some(ClientEvent::Pulled(p)) if p.values.is_empty()));
+    }
+
+    #[test]
+    fn bad_input_is_an_error_and_a_rejection_ends_what_it_names() {
+        assert!(ClientCore::new(0, vec![3]).is_err());
+        assert!(ClientCore::new(0, vec![0, 4, 4]).is_err());
+        let mut c = ClientCore::new(0, vec![0, 4, 8]).unwrap();
+        assert_eq!(c.pull(&Selection::Keys(vec![8])).unwrap_err(), PsError::KeyOutOfRange { key: 8, lo: 0, hi: 8 });
+        assert!(c.pull(&Selection::Range { start: 3, end: 9 }).is_err());
+        assert!(c.push(Update::Dense { range_start: u64::MAX, values: vec![1.0] }).is_err());
+        assert!(c.push(Update::Sparse { keys: vec![1], values: vec![] }).is_err());
+        assert_eq!(c.unacked(), 0);
+        let (id, _) = c.pull(&Selection::Range { start: 0, end: 8 }).unwrap();
+        let e = c.on_reply(0, Reply::PullReply { req: id, values: vec![1.0], read: read(0, 0) }).unwrap_err();
+        assert!(e.to_string().contains("expected 4 values, got 1"), "{e}");
+        assert!(c.on_reply(5, Reply::PushAck { worker: 0, seq: 0 }).is_err());
+        let error = PsError::WorkerLeft { worker: 0 };
+        let r = c.on_reply(1, Reply::Rejected { worker: 0, what: RequestRef::Pull { req: id }, error: error.clone() });
+        assert_eq!(r.unwrap(), Some(ClientEvent::Rejected { server: 1, what: RequestRef::Pull { req: id }, error }));
+        assert_eq!(c.pending_pulls(), 0);
+    }
+
+    #[test]
+    fn a_restarted_worker_resumes_where_the_servers_say_and_a_departed_one_re_sends_its_leave() {
+        let mut c = ClientCore::new(1, vec![0, 2, 4]).unwrap();
+        assert_eq!(c.join(), vec![(0, Request::Join { worker: 1 }), (1, Request::Join { worker: 1 })]);
+        c.resume(5, Some(17));
+        c.resume(3, None);
+        assert_eq!(c.clock(), 5);
+        let out = c.push(Update::Sparse { keys: vec![0], values: vec![1.0] }).unwrap();
+        assert!(matches!(out[0].1, Request::Push { seq: 18, clock: 5, .. }));
+        c.leave();
+        assert_eq!(c.resend(1), vec![Request::Clock { worker: 1, clock: 4 }, Request::Leave { worker: 1 }]);
     }
 }

@@ -367,14 +367,7 @@ impl ServerCore {
         match request {
             Request::Join { worker } => self.join(worker, now, &mut out),
             Request::Leave { worker } => self.leave(worker, now, &mut out),
-            request if !self.clocks.is_live(worker) => {
-                match &request {
-                    Request::Push { update, .. } => self.metrics.push_in.add(update.payload_bytes()),
-                    Request::Pull { what, .. } => self.metrics.pull_in.add(what.payload_bytes()),
-                    _ => self.metrics.clock_in.add(0),
-                }
-                self.reject(worker, request.reference(), PsError::WorkerLeft { worker }, &mut out)
-            }
+            request if !self.clocks.is_live(worker) => self.from_departed(request, &mut out),
             Request::Push { worker, clock, update, seq } => self.push(worker, clock, update, seq, now, &mut out),
             Request::Pull { worker, clock, what, req } => self.pull(worker, clock, what, req, now, &mut out),
             Request::Clock { worker, clock } => {
@@ -383,6 +376,33 @@ impl ServerCore {
             }
         }
         out
+    }
+
+    /// A request from a worker that left: a re-sent push it had made before leaving is acknowledged again, and a
+    /// clock declaration that changes nothing is ignored (both come from re-sends after a failover); anything else
+    /// is refused until the worker joins again.
+    fn from_departed(&mut self, request: Request, out: &mut Vec<Outgoing>) {
+        let worker = request.worker();
+        match &request {
+            Request::Push { update, seq, .. } => {
+                self.metrics.push_in.add(update.payload_bytes());
+                if self.last_seq[worker as usize].is_some_and(|l| *seq <= l) {
+                    self.metrics.duplicates += 1;
+                    self.metrics.ack_out.add(0);
+                    out.push(Outgoing { to: worker, reply: Reply::PushAck { worker, seq: *seq } });
+                    return;
+                }
+            }
+            Request::Clock { clock, .. } => {
+                self.metrics.clock_in.add(0);
+                if clock.saturating_add(1) <= self.clocks.completed(worker) {
+                    return;
+                }
+            }
+            Request::Pull { what, .. } => self.metrics.pull_in.add(what.payload_bytes()),
+            Request::Join { .. } | Request::Leave { .. } => {}
+        }
+        self.reject(worker, request.reference(), PsError::WorkerLeft { worker }, out)
     }
 
     fn reject(&mut self, worker: WorkerIdx, what: RequestRef, error: PsError, out: &mut Vec<Outgoing>) {
@@ -898,12 +918,27 @@ mod tests {
         let r = replies(&s.handle(Request::Leave { worker: 2 }, ms(5)));
         assert_eq!((r[0].0, r[0].1, r[0].2.clone(), r[0].3.view), (0, 1, vec![-2.0], 1));
         assert_eq!(rejected(&s.handle(push(2, 1, 43, &[0], &[1.0]), ms(6))), Some(PsError::WorkerLeft { worker: 2 }));
+        // Re-sends of what it did before leaving are harmless: a push it made is acked again, an old clock ignored.
+        let out = s.handle(push(2, 0, 42, &[0], &[1.0]), ms(6));
+        assert_eq!(out[0].reply, Reply::PushAck { worker: 2, seq: 42 });
+        assert!(rejected(&s.handle(clock(2, 0), ms(6))).is_some(), "a clock it had not declared");
         // It joins again at the view, and learns the last sequence number seen (a refused one may not count).
         let out = s.handle(Request::Join { worker: 2 }, ms(7));
         assert_eq!(out[0].reply, Reply::Joined { worker: 2, clock: 1, last_seq: Some(42) });
         assert!(s.handle(pull(1, 2, 1, 0, 1), ms(8)).is_empty(), "worker 2 counts again");
         assert_eq!(replies(&s.handle(clock(2, 1), ms(9))).len(), 0, "worker 0 has not completed clock 1");
         assert_eq!(replies(&s.handle(clock(0, 1), ms(9))).len(), 1);
+    }
+
+    #[test]
+    fn a_re_sent_clock_from_a_departed_worker_is_ignored() {
+        let mut s = server(0..1, 2, Consistency::Bsp);
+        s.handle(clock(1, 2), ms(0));
+        s.handle(Request::Leave { worker: 1 }, ms(0));
+        assert!(s.handle(clock(1, 1), ms(1)).is_empty());
+        assert!(s.handle(clock(1, 2), ms(1)).is_empty());
+        assert_eq!(rejected(&s.handle(clock(1, 3), ms(1))), Some(PsError::WorkerLeft { worker: 1 }));
+        assert_eq!(s.clocks().completed(1), 3);
     }
 
     #[test]
