@@ -11,9 +11,12 @@
 //! | `asp:S,W` | `max(c - s_now, W * floor(c / W))` with `0 <= s_now <= S` adapted | `<= c - s_now - 1`, and `< W * floor(c / W)` |
 //! | `async` | `0` | (none promised; the staleness is measured) |
 //!
-//! **ASP's adaptation.** The runtime feeds every clock advance with its timestamp (data, not a clock read). The
-//! [`Gate`] keeps per worker an exponentially weighted moving average (weight 0.3 on the newest sample) of the time
-//! one clock takes; with `r` the ratio of the slowest live worker's period to the fastest's, the bound is
+//! **ASP's adaptation.** The runtime feeds every request with its timestamp (data, not a clock read). The [`Gate`]
+//! keeps per worker an exponentially weighted moving average (weight 0.3 on the newest sample) of the time one clock
+//! takes the worker *when it is not kept waiting*: from the later of its previous clock advance and the answer to its
+//! last pull, to its next clock advance (per clock advanced). Measuring the whole advance-to-advance period instead
+//! would include the waits the bound itself imposes, and a fast worker held back would look as slow as the
+//! straggler. With `r` the ratio of the slowest live worker's period to the fastest's, the bound is
 //! `s_now = min(S, ceil(r - 1))` (with a 1e-6 tolerance): the extra clocks the fastest worker completes while the slowest completes one, so
 //! the fastest need not wait within one iteration of the slowest. Equal speeds give `s_now = 0` (BSP's fresh
 //! reads); a 3x straggler gives 2; `S` caps it. Until every live worker has an estimate (two advances), `s_now = S`.
@@ -253,6 +256,14 @@ impl Gate {
         self.adapt(table);
     }
 
+    /// Worker `w`'s pull was answered at `now`: the time until its next advance is time it computed.
+    pub(crate) fn answered(&mut self, w: WorkerIdx, now: Duration) {
+        if let Some(asp) = &mut self.asp {
+            let last = &mut asp.last[w as usize];
+            *last = Some(last.map_or(now, |l| l.max(now)));
+        }
+    }
+
     /// A worker joined or left: forget a rejoining worker's speed, recompute the bound over live workers.
     pub(crate) fn membership(&mut self, w: WorkerIdx, joined: bool, table: &ClockTable) {
         if let Some(asp) = &mut self.asp {
@@ -407,6 +418,24 @@ mod tests {
         t.set_live(1, true);
         gate.membership(1, true, &t);
         assert_eq!(gate.bound(), Some(0), "kept until the rejoined worker is measured again");
+    }
+
+    #[test]
+    fn asp_measures_compute_time_not_the_waits_its_bound_imposes() {
+        // Worker 0 computes 10 ms per clock but is held back until worker 1 (30 ms) is done: it advances every
+        // 30 ms, yet is answered 20 ms after each advance.
+        let mut gate = Gate::new(Consistency::Asp { s: 9, w: 100 }, 2);
+        let mut t = ClockTable::new(2);
+        for c in 1..=5u64 {
+            let at = Duration::from_millis(30 * c);
+            for w in [1, 0] {
+                let from = t.advance(w, c);
+                gate.advanced(w, from, c, at, &t);
+            }
+            gate.answered(0, at + Duration::from_millis(20));
+            gate.answered(1, at);
+        }
+        assert_eq!(gate.bound(), Some(2));
     }
 
     #[test]

@@ -55,6 +55,8 @@ mod metrics;
 pub mod protocol;
 pub mod rules;
 mod server;
+#[cfg(test)]
+mod sim;
 
 pub use blocks::{BlockConfig, BlockFilter, BlockStats};
 pub use client::{ClientCore, ClientEvent, Pulled, ServerIdx};

@@ -551,6 +551,7 @@ impl ServerCore {
         *self.metrics.staleness.entry(staleness).or_default() += 1;
         self.metrics.waits[worker as usize].add(waited);
         self.metrics.pull_out.add(values.len() as u64 * VALUE_BYTES);
+        self.gate.answered(worker, now);
         let read = ReadInfo { clock, view, staleness, bound: self.gate.allowed(clock), waited };
         Outgoing { to: worker, reply: Reply::PullReply { req, values, read } }
     }
