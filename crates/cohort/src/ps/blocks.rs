@@ -142,7 +142,7 @@ impl BlockFilter {
     pub fn add(&mut self, clock: u64, update: &Update) -> Result<()> {
         let (keys, values): (Vec<u64>, &[f32]) = match update {
             Update::Dense { range_start, values } => {
-                let end = range_start.checked_add(values.len() as u64).unwrap_or(u64::MAX);
+                let end = range_start.saturating_add(values.len() as u64);
                 if !values.is_empty() {
                     self.check_key(*range_start)?;
                     self.check_key(end - 1)?;

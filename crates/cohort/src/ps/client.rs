@@ -244,7 +244,7 @@ impl ClientCore {
         let mut parts: Vec<(ServerIdx, Update)> = Vec::new();
         match update {
             Update::Dense { range_start, values } => {
-                let end = range_start.checked_add(values.len() as u64).unwrap_or(u64::MAX);
+                let end = range_start.saturating_add(values.len() as u64);
                 self.check_range(range_start, end)?;
                 for s in 0..self.servers() {
                     let r = self.range_of(s);

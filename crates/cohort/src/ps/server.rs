@@ -143,7 +143,8 @@ struct Scratch {
     list: Vec<usize>,
 }
 
-/// One parameter server, without I/O. See the [module docs](self).
+/// One parameter server, without I/O: requests in (with their timestamps), replies out. See the [`ps`](super)
+/// module docs for the protocol and the consistency modes.
 pub struct ServerCore {
     config: ServerConfig,
     rule: Box<dyn UpdateRule>,
@@ -367,7 +368,7 @@ impl ServerCore {
         match request {
             Request::Join { worker } => self.join(worker, now, &mut out),
             Request::Leave { worker } => self.leave(worker, now, &mut out),
-            request if !self.clocks.is_live(worker) => self.from_departed(request, &mut out),
+            request if !self.clocks.is_live(worker) => self.serve_departed(request, &mut out),
             Request::Push { worker, clock, update, seq } => self.push(worker, clock, update, seq, now, &mut out),
             Request::Pull { worker, clock, what, req } => self.pull(worker, clock, what, req, now, &mut out),
             Request::Clock { worker, clock } => {
@@ -381,7 +382,7 @@ impl ServerCore {
     /// A request from a worker that left: a re-sent push it had made before leaving is acknowledged again, and a
     /// clock declaration that changes nothing is ignored (both come from re-sends after a failover); anything else
     /// is refused until the worker joins again.
-    fn from_departed(&mut self, request: Request, out: &mut Vec<Outgoing>) {
+    fn serve_departed(&mut self, request: Request, out: &mut Vec<Outgoing>) {
         let worker = request.worker();
         match &request {
             Request::Push { update, seq, .. } => {

@@ -105,7 +105,7 @@ impl Scenario {
     /// A random scenario from `seed`.
     fn generate(seed: u64, gradient: bool) -> Scenario {
         let mut r = Rng::new(seed);
-        let workers = 1 + r.below(5) as usize;
+        let workers = 1 + r.below(7) as usize;
         let per_worker = 1 + r.below(5);
         let keys = if gradient { 1 + r.below(24) } else { workers as u64 * per_worker };
         let servers = (1 + r.below(3)).min(keys) as usize;
@@ -118,7 +118,7 @@ impl Scenario {
         }
         cuts.sort_unstable();
         let bounds: Vec<u64> = std::iter::once(0).chain(cuts).chain(std::iter::once(keys)).collect();
-        let base = 2 + r.below(9);
+        let base = 2 + r.below(13);
         let iters: Vec<u64> = (0..workers).map(|_| (base - r.below(3)).max(1)).collect();
         let mode = if gradient {
             Consistency::Bsp
@@ -412,14 +412,14 @@ impl<'a> Sim<'a> {
         self.at(t, ev);
     }
 
-    fn to_server(&mut self, from: End, server: usize, request: Request) {
+    fn send_to_server(&mut self, from: End, server: usize, request: Request) {
         let node = self.chains[server].head;
         self.send(from, End::Node(node), Ev::Request { node, request, stamp: None });
     }
 
     fn worker_sends(&mut self, w: usize, requests: Vec<(usize, Request)>) {
         for (server, request) in requests {
-            self.to_server(End::Worker(w), server, request);
+            self.send_to_server(End::Worker(w), server, request);
         }
     }
 
@@ -444,7 +444,7 @@ impl<'a> Sim<'a> {
                 Ev::Declare { w } => {
                     self.declared.push(w);
                     for server in 0..self.chains.len() {
-                        self.to_server(End::Runtime, server, Request::Leave { worker: w as u32 });
+                        self.send_to_server(End::Runtime, server, Request::Leave { worker: w as u32 });
                     }
                 }
             }
@@ -657,12 +657,12 @@ impl<'a> Sim<'a> {
         for w in 0..self.s.workers {
             if !matches!(self.workers[w].phase, Phase::Crashed) {
                 for request in self.workers[w].client.resend(server) {
-                    self.to_server(End::Worker(w), server, request);
+                    self.send_to_server(End::Worker(w), server, request);
                 }
             }
         }
         for w in self.declared.clone() {
-            self.to_server(End::Runtime, server, Request::Leave { worker: w as u32 });
+            self.send_to_server(End::Runtime, server, Request::Leave { worker: w as u32 });
         }
     }
 
@@ -735,7 +735,7 @@ fn check(s: &Scenario) -> Result<Sim<'_>, TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     /// Random workers, speeds, delays, server splits, modes, failovers and crashes: every read within its mode's
     /// bound, every push applied exactly once, every worker finishes.
@@ -746,7 +746,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     /// BSP with updates applied by clock: bit-identical to the sequential run whatever the arrival order.
     #[test]
