@@ -379,6 +379,49 @@ mod tests {
         assert_eq!(f.due_keys(12, &[3, 0, 2, 9]), vec![0]);
     }
 
+    /// With a client and a server: quiet blocks cost fewer bytes, and once flushed the model is the same.
+    #[test]
+    fn a_worker_pushes_fewer_bytes_and_ends_with_the_same_model() {
+        use crate::ps::{ClientCore, Consistency, ServerConfig, ServerCore, Sgd};
+        let run = |filtered: bool| {
+            let config = ServerConfig::new(0..64, 1, Consistency::Async);
+            let mut server = ServerCore::new(config, Box::new(Sgd { lr: 1.0 }), vec![0.0; 64]).unwrap();
+            let mut client = ClientCore::new(0, vec![0, 64]).unwrap();
+            let mut f = filter(8, 0.5, 5, 64);
+            let t = std::time::Duration::ZERO;
+            for clock in 0..20 {
+                // Keys 0..32 move by 1 a clock, keys 32..64 by 0.25.
+                let values: Vec<f32> = (0..64).map(|k| if k < 32 { 1.0 } else { 0.25 }).collect();
+                let update = Update::Dense { range_start: 0, values };
+                let updates = if filtered {
+                    f.add(clock, &update).unwrap();
+                    f.take(clock)
+                } else {
+                    vec![update]
+                };
+                let mut requests = Vec::new();
+                for u in updates {
+                    requests.extend(client.push(u).unwrap());
+                }
+                requests.extend(client.advance());
+                for (_, r) in requests {
+                    server.handle(r, t);
+                }
+            }
+            for u in f.flush() {
+                for (_, r) in client.push(u).unwrap() {
+                    server.handle(r, t);
+                }
+            }
+            (server.params().to_vec(), server.metrics().push_in.bytes)
+        };
+        let (plain, plain_bytes) = run(false);
+        let (blocked, blocked_bytes) = run(true);
+        assert_eq!(plain, blocked);
+        // Busy blocks every clock, quiet ones every second clock: 3/4 of the bytes.
+        assert_eq!((plain_bytes, blocked_bytes), (20 * 64 * 4, 20 * 32 * 4 + 10 * 32 * 4));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 

@@ -17,9 +17,10 @@
 //! last pull, to its next clock advance (per clock advanced). Measuring the whole advance-to-advance period instead
 //! would include the waits the bound itself imposes, and a fast worker held back would look as slow as the
 //! straggler. With `r` the ratio of the slowest live worker's period to the fastest's, the bound is
-//! `s_now = min(S, ceil(r - 1))` (with a 1e-6 tolerance): the extra clocks the fastest worker completes while the slowest completes one, so
-//! the fastest need not wait within one iteration of the slowest. Equal speeds give `s_now = 0` (BSP's fresh
-//! reads); a 3x straggler gives 2; `S` caps it. Until every live worker has an estimate (two advances), `s_now = S`.
+//! `s_now = min(S, ceil(r - 1))` (with a 1e-6 tolerance): the extra clocks the fastest worker completes while the
+//! slowest completes one, so the fastest need not wait within one iteration of the slowest. Equal speeds give
+//! `s_now = 0` (BSP's fresh reads); a 3x straggler gives 2; `S` caps it. Until every live worker has an estimate
+//! (its first clock after an answered pull, or its second clock advance), `s_now = S`.
 //! **The weak barrier**: clocks `W, 2W, 3W, ...` are barriers — a read at or past barrier `B` waits until every
 //! live worker has completed clock `B - 1` — so the slowest worker synchronises with everyone at least once every
 //! `W` of its iterations whatever `s_now` is.
