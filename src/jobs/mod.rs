@@ -3,6 +3,7 @@
 
 pub mod diag;
 pub mod linear;
+pub mod ps;
 
 use cohort::Registry;
 
@@ -19,4 +20,6 @@ pub fn registry() -> Registry {
         .multipass(cohort_ml::mlp::jobs::BspJob)
         .map_reduce(cohort_ml::sae::SaeJob)
         .map_reduce(cohort_ml::softmax::SoftmaxJob)
+        .parameter_server(ps::PsLinear)
+        .parameter_server(ps::PsCounter)
 }

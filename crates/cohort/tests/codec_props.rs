@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use cohort::wire::frame::{read_frame, write_frame, MAX_FRAME};
-use cohort::wire::{ChunkMeta, ElemType, FileFormat, FileSource, Message, Payload, Serde, WorkerFailure};
+use cohort::wire::{ChunkMeta, ElemType, FileFormat, FileSource, Message, Payload, PsRange, Serde, WorkerFailure};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -241,6 +241,90 @@ fn message() -> impl Strategy<Value = Message> {
         any::<f32>().prop_map(|slowdown| Message::Configure { slowdown }),
         Just(Message::Heartbeat),
         Just(Message::Shutdown),
+        ps_message(),
+    ]
+}
+
+/// The parameter-server control messages, every kind with arbitrary fields.
+fn ps_message() -> impl Strategy<Value = Message> {
+    let s = || ".{0,24}";
+    let range = || (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(range, lo, hi)| PsRange { range, lo, hi });
+    prop_oneof![
+        (any::<u64>(), any::<u32>(), prop::collection::vec(range(), 0..4), any::<u32>(), s(), s()).prop_map(
+            |(run, server, ranges, workers, consistency, rule)| Message::PsServe {
+                run,
+                server,
+                ranges,
+                workers,
+                consistency,
+                rule
+            }
+        ),
+        (any::<u64>(), s(), any::<u16>()).prop_map(|(run, host, port)| Message::PsListening { run, host, port }),
+        (
+            any::<u64>(),
+            prop::collection::vec(prop::collection::vec(any::<u32>(), 0..4), 0..4),
+            prop::collection::vec((s(), any::<u16>()), 0..4)
+        )
+            .prop_map(|(run, chains, addrs)| Message::PsChains { run, chains, addrs }),
+        (
+            (any::<u64>(), s(), id(), any::<u32>(), ranges(), prop::collection::vec(any::<u64>(), 0..5)),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::option::of(any::<(u64, f32, u32)>()),
+                any::<f32>(),
+                any::<u64>()
+            )
+        )
+            .prop_map(
+                |(
+                    (run, job, dataset, worker, chunks, bounds),
+                    (batch, clocks, seed, blocks, jitter, progress_every),
+                )| {
+                    Message::PsRun {
+                        run,
+                        job,
+                        dataset,
+                        worker,
+                        chunks,
+                        bounds,
+                        batch,
+                        clocks,
+                        seed,
+                        blocks,
+                        jitter,
+                        progress_every,
+                    }
+                }
+            ),
+        (any::<u64>(), any::<u32>(), any::<u64>(), any::<f64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(run, worker, clock, loss_sum, correct, rows, waited_us)| Message::PsProgress {
+                run,
+                worker,
+                clock,
+                loss_sum,
+                correct,
+                rows,
+                waited_us
+            }
+        ),
+        (any::<u64>(), any::<u32>(), any::<u64>(), any::<(u64, u64, u64, u64)>(), any::<u64>(), any::<u64>()).prop_map(
+            |(run, worker, clock, traffic, busy_us, waited_us)| Message::PsDone {
+                run,
+                worker,
+                clock,
+                traffic,
+                busy_us,
+                waited_us
+            }
+        ),
+        (any::<u64>(), any::<u32>()).prop_map(|(run, range)| Message::PsInject { run, range }),
+        (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(run, range, req)| Message::PsFetch { run, range, req }),
+        (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>())
+            .prop_map(|(run, range, req, metrics_len)| Message::PsFetched { run, range, req, metrics_len }),
+        any::<u64>().prop_map(|run| Message::PsEnd { run }),
     ]
 }
 
@@ -269,6 +353,16 @@ fn every_kind_is_generated(m: &Message) {
         | Message::Failed { .. }
         | Message::Configure { .. }
         | Message::Heartbeat
-        | Message::Shutdown => {}
+        | Message::Shutdown
+        | Message::PsServe { .. }
+        | Message::PsListening { .. }
+        | Message::PsChains { .. }
+        | Message::PsRun { .. }
+        | Message::PsProgress { .. }
+        | Message::PsDone { .. }
+        | Message::PsInject { .. }
+        | Message::PsFetch { .. }
+        | Message::PsFetched { .. }
+        | Message::PsEnd { .. } => {}
     }
 }

@@ -16,14 +16,15 @@ pub(crate) struct ResidentChunk {
     pub labels: Option<Values>,
 }
 
-/// The chunks of one dataset that a worker holds.
-#[derive(Debug)]
+/// The chunks of one dataset that a worker holds. Chunks are shared: cloning a resident dataset is cheap (a
+/// parameter-server run takes a copy for its thread while the process goes on serving the master).
+#[derive(Debug, Clone)]
 pub(crate) struct ResidentDataset {
     pub id: DatasetId,
     pub elem: ElemType,
     pub cols: u32,
     pub total_chunks: u32,
-    pub chunks: BTreeMap<u32, ResidentChunk>,
+    pub chunks: BTreeMap<u32, std::sync::Arc<ResidentChunk>>,
 }
 
 /// The first bytes of a dataset id, as errors show it.
@@ -123,7 +124,7 @@ impl Store {
         if ds.elem != meta.elem || ds.cols != meta.cols || ds.total_chunks != meta.total_chunks {
             return Err(bad("metadata disagrees with earlier chunks of the same dataset".into()));
         }
-        ds.chunks.insert(meta.chunk, ResidentChunk { first_row: meta.first_row, values, labels });
+        ds.chunks.insert(meta.chunk, std::sync::Arc::new(ResidentChunk { first_row: meta.first_row, values, labels }));
         Ok(())
     }
 
@@ -180,11 +181,11 @@ impl Store {
                 let local = (r.start - all.start)..(r.end - all.start);
                 ds.chunks.insert(
                     c,
-                    ResidentChunk {
+                    std::sync::Arc::new(ResidentChunk {
                         first_row: r.start as u64,
                         values: slice_values(&values, local.start * cols..local.end * cols),
                         labels: labels.as_ref().map(|l| slice_values(l, local.clone())),
-                    },
+                    }),
                 );
             }
         }

@@ -178,7 +178,12 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
         Duration::from_millis(welcome.heartbeat_ms.max(1) as u64),
         exit_on_disconnect,
     );
-    let result = serve_loop(registry, &mut input, &output);
+    let notify_out = Arc::clone(&output);
+    let notify: crate::cluster::ps::server::Notify = Arc::new(move |msg: Message, payload: Vec<u8>| {
+        let _ = send(&notify_out, &msg, &payload);
+    });
+    let remote = core::Remote { secret: secret.clone(), notify, host: advertised_host() };
+    let result = serve_loop(registry, &mut input, &output, remote);
     stop.store(true, Ordering::Relaxed);
     heartbeat.thread().unpark();
     let _ = heartbeat.join();
@@ -217,8 +222,29 @@ fn send<W: Write>(output: &Mutex<W>, msg: &Message, payload: &[u8]) -> Result<()
     write_frame(&mut *w, msg, payload).map(|_| ())
 }
 
-fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mutex<W>) -> Result<(), WorkerError> {
-    let mut core = WorkerCore::new(registry);
+/// The host other processes of a parameter-server run reach this one at: `COHORT_ADVERTISE` if set (a launcher
+/// rank sets it to the address its master connection leaves from), the address an ssh session reached this host at,
+/// or loopback.
+fn advertised_host() -> String {
+    if let Ok(h) = std::env::var(ADVERTISE_ENV) {
+        return h;
+    }
+    std::env::var("SSH_CONNECTION")
+        .ok()
+        .and_then(|c| c.split_whitespace().nth(2).map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1".to_string())
+}
+
+/// Environment variable naming the address other processes reach this worker at (parameter-server runs).
+pub const ADVERTISE_ENV: &str = "COHORT_ADVERTISE";
+
+fn serve_loop<R: Read, W: Write>(
+    registry: &Registry,
+    input: &mut R,
+    output: &Mutex<W>,
+    remote: core::Remote,
+) -> Result<(), WorkerError> {
+    let mut core = WorkerCore::new(registry).with_remote(remote);
     loop {
         let Some(frame) = read_frame(input, MAX_FRAME)? else {
             return Ok(()); // the master closed the connection

@@ -66,6 +66,12 @@ impl RankWorker {
         let master = self.master.to_string();
         let mut stream = self.connect()?;
         stream.set_nodelay(true).ok();
+        // Parameter servers on this rank are reached at the address its master connection leaves from.
+        if std::env::var(super::ADVERTISE_ENV).is_err() {
+            if let Ok(local) = stream.local_addr() {
+                std::env::set_var(super::ADVERTISE_ENV, local.ip().to_string());
+            }
+        }
         crate::cluster::launch::rank::keepalive(&stream);
         let gone = |detail: String| LaunchError::MasterGone { what: self.what.clone(), master: master.clone(), detail };
         stream
