@@ -10,7 +10,7 @@ pub mod slurm_script;
 pub mod train;
 
 use anyhow::{Context, Result};
-use cohort::launch::{self, RankWorker};
+use cohort::worker::{note_termination, RankWorker};
 use cohort::Registry;
 
 use crate::cli::{Cli, Command, TrainCommand};
@@ -24,12 +24,12 @@ pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
                 let worker = RankWorker::new(&ranks.env, ranks.secret, ranks.timeout);
                 std::process::exit(worker.serve(registry));
             }
-            crate::launch::Plan::Ranks(ranks) => launch::note_termination(format!(
+            crate::launch::Plan::Ranks(ranks) => note_termination(format!(
                 "cohort {} (the master): stopped by SIGTERM — the launcher ended the job (cancelled, out of time, \
                  or another rank failed)",
                 ranks.env.describe()
             )),
-            crate::launch::Plan::Slurm(s) => launch::note_termination(format!(
+            crate::launch::Plan::Slurm(s) => note_termination(format!(
                 "cohort (the master of Slurm job {}): stopped by SIGTERM — the job was cancelled, reached its time \
                  limit or was preempted",
                 s.job_id

@@ -3,6 +3,7 @@
 
 pub mod diag;
 pub mod linear;
+pub mod ps;
 
 use cohort::Registry;
 
@@ -20,4 +21,6 @@ pub fn registry() -> Registry {
         .map_reduce(cohort_ml::sae::SaeJob)
         .map_reduce(cohort_ml::softmax::SoftmaxJob)
         .map_reduce(cohort_ml::sparse::SparseLogRegEval)
+        .parameter_server(ps::PsLinear)
+        .parameter_server(ps::PsCounter)
 }

@@ -163,3 +163,14 @@ fn tail(lines: &[String]) -> String {
     }
     s
 }
+
+/// The message of a caught panic (a job's user code), for error reports.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}

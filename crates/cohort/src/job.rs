@@ -247,6 +247,11 @@ impl<J: MapReduce> ErasedJob for Erased<J> {
             what: format!("parameters of `{}`", J::NAME),
             detail: e.to_string(),
         })?;
+        // A range beyond the dataset (or reversed) would take the tree outside its leaves.
+        if let Some(bad) = runs.iter().find(|r| r.start > r.end || r.end > data.total_chunks) {
+            let chunk = if bad.start > bad.end { bad.start } else { bad.start.max(data.total_chunks) };
+            return Err(WorkerFailure::MissingChunk { dataset: crate::data::resident::short_id(&data.id), chunk });
+        }
         let tree = Tree::new(data.total_chunks);
         for run in runs {
             for node in tree.cover(run.clone()) {
@@ -270,6 +275,7 @@ impl<J: MapReduce> ErasedJob for Erased<J> {
 pub struct Registry {
     jobs: BTreeMap<&'static str, Arc<dyn ErasedJob>>,
     passes: BTreeMap<&'static str, Arc<dyn ErasedMultipass>>,
+    ps: BTreeMap<&'static str, Arc<dyn crate::ps::job::ErasedPsJob>>,
 }
 
 impl Default for Registry {
@@ -281,7 +287,7 @@ impl Default for Registry {
 impl Registry {
     /// A registry holding only cohort's built-in jobs ([`Noop`], used by `bench overhead`).
     pub fn new() -> Self {
-        Registry { jobs: BTreeMap::new(), passes: BTreeMap::new() }.map_reduce(Noop)
+        Registry { jobs: BTreeMap::new(), passes: BTreeMap::new(), ps: BTreeMap::new() }.map_reduce(Noop)
     }
 
     /// Registers a map-reduce job.
@@ -312,15 +318,30 @@ impl Registry {
         self
     }
 
+    /// Registers a parameter-server job.
+    ///
+    /// # Panics
+    /// If another job already uses the same name.
+    pub fn parameter_server<J: crate::ps::PsJob>(mut self, job: J) -> Self {
+        assert!(!self.names().iter().any(|n| n == J::NAME), "two jobs are registered under the name {:?}", J::NAME);
+        self.ps.insert(J::NAME, Arc::new(Arc::new(job)));
+        self
+    }
+
     /// Names of all registered jobs, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.jobs.keys().chain(self.passes.keys()).map(|s| s.to_string()).collect();
+        let mut names: Vec<String> =
+            self.jobs.keys().chain(self.passes.keys()).chain(self.ps.keys()).map(|s| s.to_string()).collect();
         names.sort();
         names
     }
 
     pub(crate) fn get_pass(&self, name: &str) -> Option<&Arc<dyn ErasedMultipass>> {
         self.passes.get(name)
+    }
+
+    pub(crate) fn get_ps(&self, name: &str) -> Option<&Arc<dyn crate::ps::job::ErasedPsJob>> {
+        self.ps.get(name)
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn ErasedJob>> {

@@ -33,14 +33,18 @@
 //!
 //! Layers, from the bottom: [`wire`] (the only module that knows bytes), [`data`] (datasets and chunking),
 //! [`tree`] (the deterministic reduction order), [`job`] (the traits a user implements) and [`cluster`] (master,
-//! worker loop, launchers, failure detection).
+//! worker loop, launchers, failure detection). [`ps`] is the parameter server's pure core (consistency modes,
+//! update rules, server and client state machines without I/O).
 
 #![deny(missing_docs)]
 
 pub mod cluster;
 pub mod data;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod job;
+pub mod ps;
 pub mod rng;
 pub mod tree;
 pub mod wire;

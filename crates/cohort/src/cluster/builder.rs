@@ -2,11 +2,11 @@
 //! check the platform, install the binary), starts every worker through the [`Spawner`](super::launch), and hands
 //! them to the [`Cluster`], whose scheduler completes the handshakes.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::master::{Cluster, DriverConfig};
-use super::scheduler::{Config, Placement};
+use super::scheduler::{Config, Placement, Role};
 use super::spawn::{spare_slots, DataChannel, Spawner};
 use super::spec::{SshTarget, WorkerSpec};
 use super::ssh::{SshConfig, SshHost};
@@ -17,6 +17,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
     specs: Vec<WorkerSpec>,
+    servers: Vec<WorkerSpec>,
     spares: Vec<WorkerSpec>,
     program: Option<PathBuf>,
     expected_binary: Option<[u8; 32]>,
@@ -48,6 +49,7 @@ impl Default for ClusterBuilder {
     fn default() -> Self {
         ClusterBuilder {
             specs: Vec::new(),
+            servers: Vec::new(),
             spares: Vec::new(),
             program: None,
             expected_binary: None,
@@ -73,6 +75,13 @@ impl ClusterBuilder {
     /// The worker groups to start.
     pub fn workers(mut self, specs: Vec<WorkerSpec>) -> Self {
         self.specs = specs;
+        self
+    }
+
+    /// Parameter-server processes to start beside the workers (same binary, local or ssh like workers), for
+    /// [`Cluster::train_ps`]. They hold no data; each run spreads its keys over them.
+    pub fn servers(mut self, specs: Vec<WorkerSpec>) -> Self {
+        self.servers = specs;
         self
     }
 
@@ -285,40 +294,55 @@ impl ClusterBuilder {
         };
         let mut cluster = Cluster::new(spawner.clone(), driver, sched);
 
-        // Remote hosts first: connecting and copying run in parallel, one thread per host.
-        let mut remote: Vec<(SshTarget, usize)> = Vec::new();
-        for spec in &self.specs {
+        // Remote hosts first: connecting and copying run in parallel, one thread per host (servers' hosts too).
+        let mut remote: Vec<(SshTarget, usize, usize)> = Vec::new();
+        for (spec, server) in self.specs.iter().map(|s| (s, false)).chain(self.servers.iter().map(|s| (s, true))) {
             if let WorkerSpec::Ssh { target, slots } = spec {
-                match remote.iter_mut().find(|(t, _)| t == target) {
-                    Some((_, n)) => *n += slots,
-                    None => remote.push((target.clone(), *slots)),
+                let i = match remote.iter().position(|(t, ..)| t == target) {
+                    Some(i) => i,
+                    None => {
+                        remote.push((target.clone(), 0, 0));
+                        remote.len() - 1
+                    }
+                };
+                if server {
+                    remote[i].2 += slots;
+                } else {
+                    remote[i].1 += slots;
                 }
             }
         }
         if !remote.is_empty() {
-            for (host, path, slots) in bootstrap_hosts(&remote, &spawner)? {
-                for _ in 0..slots {
-                    let launched = spawner
-                        .remote(&host, &path)
-                        .map_err(|reason| Error::Launch { worker: format!("a worker on {}", host.target()), reason })?;
-                    cluster.add(launched)?;
+            let targets: Vec<(SshTarget, usize)> = remote.iter().map(|(t, w, s)| (t.clone(), w + s)).collect();
+            for ((host, path, _), (_, workers, servers)) in
+                bootstrap_hosts(&targets, &spawner)?.into_iter().zip(&remote)
+            {
+                for i in 0..workers + servers {
+                    let launched = spawner.remote(&host, &path).map_err(|reason| Error::Launch {
+                        worker: format!("a process on {}", host.target()),
+                        reason,
+                    })?;
+                    let role = if i < *workers { Role::Compute } else { Role::Server };
+                    cluster.add_as(launched, role)?;
                 }
                 cluster.add_host(host);
             }
         }
-        for spec in &self.specs {
+        for (spec, role) in
+            self.specs.iter().map(|s| (s, Role::Compute)).chain(self.servers.iter().map(|s| (s, Role::Server)))
+        {
             if let WorkerSpec::Local { count } = spec {
                 for _ in 0..*count {
                     let launched = spawner.local().map_err(|reason| Error::Launch {
-                        worker: format!("a local worker ({})", spawner.program.display()),
+                        worker: format!("a local process ({})", spawner.program.display()),
                         reason,
                     })?;
-                    cluster.add(launched)?;
+                    cluster.add_as(launched, role)?;
                 }
             }
         }
         if let Some(launcher) = &self.launcher {
-            super::launch::start(
+            start_launcher(
                 &mut cluster,
                 launcher,
                 &spawner.secret,
@@ -355,4 +379,57 @@ fn bootstrap_hosts(remote: &[(SshTarget, usize)], spawner: &Spawner) -> Result<V
         Some(e) => Err(e),
         None => Ok(hosts),
     }
+}
+
+/// Adds the launcher's workers to `cluster` (after its local and ssh workers): rank 0 admits the other ranks;
+/// a Slurm master starts `srun` and admits its tasks.
+fn start_launcher(
+    cluster: &mut Cluster,
+    launcher: &super::launch::Launcher,
+    secret: &Secret,
+    binary: [u8; 32],
+    program: &Path,
+    heartbeat_interval: Duration,
+    forward_stderr: bool,
+) -> crate::Result<()> {
+    let heartbeat_ms = heartbeat_interval.as_millis().clamp(1, u32::MAX as u128) as u32;
+    let base_id = cluster.next_worker_id();
+    let admitted = match launcher {
+        super::launch::Launcher::Ranks(r) => {
+            let master = &r.env.master;
+            let what = format!("rank 0 (port {}, {})", master.port, master.port_from);
+            let listener = super::launch::rank::listen(master.port, &what, &master.port_from)?;
+            let expect = super::launch::rank::Expect { first: 1, world: r.env.world, kind: "rank" };
+            let deadline = Instant::now() + r.timeout;
+            let admission =
+                super::launch::rank::Admission { expect, secret, binary, base_id, heartbeat_ms, deadline, what };
+            admission.run(listener, || Ok(()))?
+        }
+        super::launch::Launcher::Slurm(s) => {
+            let what = format!("the master of Slurm job {}", s.job_id);
+            let listener = super::launch::rank::listen(0, &what, "any free port")?;
+            let port = listener
+                .local_addr()
+                .map_err(|source| super::launch::LaunchError::Io { what: "reading the listening port".into(), source })?
+                .port();
+            let mut step = s.spawn(program, &format!("{}:{port}", s.master_host), secret, forward_stderr)?;
+            let expect = super::launch::rank::Expect { first: 0, world: s.tasks, kind: "slurm task" };
+            let deadline = Instant::now() + s.timeout;
+            let admission =
+                super::launch::rank::Admission { expect, secret, binary, base_id, heartbeat_ms, deadline, what };
+            let admitted = admission.run(listener, || step.check_running());
+            // Kept either way: on failure the cluster's drop stops it.
+            cluster.add_launcher(step);
+            admitted?
+        }
+    };
+    for a in admitted {
+        let place = format!("{} {} on {}, pid {}", a.kind, a.rank, a.hello.host, a.hello.pid);
+        let reader = a
+            .stream
+            .try_clone()
+            .map_err(|source| super::launch::LaunchError::Io { what: format!("setting up {place}"), source })?;
+        cluster.add_connected(place, Box::new(reader), Box::new(a.stream), a.hello)?;
+    }
+    Ok(())
 }

@@ -20,6 +20,8 @@ pub(crate) enum EventKind {
 }
 
 /// What reaches the master's event loop.
+// Frames are the common case; boxing them would cost an allocation each to shrink the rare `Launched`.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Incoming {
     /// Something happened on worker `worker`'s connection at `at`.
     Conn { worker: usize, kind: EventKind, at: Instant },

@@ -15,7 +15,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::conn::{Conn, Counters, EventKind, Incoming};
 use super::process::WorkerProcess;
 use super::scheduler::{
-    Action, Config, DatasetSpec, Event, FailureRecord, Origin, Outcome, Scheduler, Source, WorkerId, WorkerReport,
+    Action, Config, DatasetSpec, Event, FailureRecord, Origin, Outcome, PsPlan, PsWorkerFigures, Role, Scheduler,
+    Source, WorkerId, WorkerReport,
 };
 use super::spawn::{Launched, Spawner};
 use super::spec::WorkerSpec;
@@ -89,6 +90,136 @@ pub struct AutoChoice {
     pub predicted: Vec<(usize, Duration)>,
     /// The measured first round.
     pub measured: super::scheduler::RoundProfile,
+}
+
+/// What a parameter-server run reported to the driver.
+enum PsNote {
+    Progress(super::scheduler::PsProgressNote),
+    Fetched(Vec<f32>, Vec<Vec<u8>>),
+    Finished,
+}
+
+/// How to run [`Cluster::train_ps`].
+#[derive(Debug, Clone)]
+pub struct PsOptions {
+    /// When pulls are answered.
+    pub consistency: crate::ps::Consistency,
+    /// The servers' update rule (`sgd:LR`, `momentum:LR,MU`, `adagrad:LR`, `adam:LR`).
+    pub rule: String,
+    /// Mini-batch rows.
+    pub batch: usize,
+    /// Clocks (mini-batches) each worker runs.
+    pub clocks: u64,
+    /// Seed of the initial model and of the batch order.
+    pub seed: u64,
+    /// Servers holding each range (≥ 2 survives the loss of a server).
+    pub replication: usize,
+    /// Model block scheduling (dense models).
+    pub blocks: Option<crate::ps::BlockConfig>,
+    /// Each clock's compute takes a random factor in [1, 1 + jitter] longer (varying worker speed, for experiments).
+    pub jitter: f32,
+    /// Workers report progress every this many clocks (0: only at the end).
+    pub progress_every: u64,
+    /// Fetch the model this often during the run (for accuracy-over-time curves).
+    pub eval_every: Option<Duration>,
+}
+
+impl Default for PsOptions {
+    fn default() -> Self {
+        PsOptions {
+            consistency: crate::ps::Consistency::Bsp,
+            rule: "sgd:0.1".into(),
+            batch: 64,
+            clocks: 100,
+            seed: 42,
+            replication: 1,
+            blocks: None,
+            jitter: 0.0,
+            progress_every: 10,
+            eval_every: None,
+        }
+    }
+}
+
+/// Something that happened during [`Cluster::train_ps`].
+#[derive(Debug)]
+pub enum PsEvent<'a> {
+    /// A worker's progress since its last report.
+    Progress {
+        /// The worker's index in the run.
+        worker: u32,
+        /// Clocks it completed.
+        clock: u64,
+        /// Σ loss of the rows it trained on since its last report.
+        loss_sum: f64,
+        /// Rows classified correctly.
+        correct: u64,
+        /// Rows.
+        rows: u64,
+        /// Time it waited for pulls since its last report.
+        waited: Duration,
+        /// Time since the run started.
+        elapsed: Duration,
+    },
+    /// The model, fetched from the servers during the run.
+    Snapshot {
+        /// Time since the run started.
+        elapsed: Duration,
+        /// The parameters.
+        params: &'a [f32],
+    },
+}
+
+/// What a worker of a parameter-server run did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PsWorkerReport {
+    /// The worker.
+    pub worker: String,
+    /// Clocks it completed.
+    pub clocks: u64,
+    /// Whether it was lost during the run.
+    pub lost: bool,
+    /// Bytes of values and keys it pushed.
+    pub pushed_bytes: u64,
+    /// Bytes of values and keys it pulled.
+    pub pulled_bytes: u64,
+    /// Pushes and pulls it sent.
+    pub pushes: u64,
+    /// Pulls it sent.
+    pub pulls: u64,
+    /// Time it spent in the run.
+    pub busy: Duration,
+    /// Time it waited for pulls (barrier wait).
+    pub waited: Duration,
+}
+
+impl From<PsWorkerFigures> for PsWorkerReport {
+    fn from(f: PsWorkerFigures) -> Self {
+        PsWorkerReport {
+            worker: f.label,
+            clocks: f.clocks,
+            lost: f.lost,
+            pushed_bytes: f.pushed_bytes,
+            pulled_bytes: f.pulled_bytes,
+            pushes: f.pushes,
+            pulls: f.pulls,
+            busy: f.busy,
+            waited: f.waited,
+        }
+    }
+}
+
+/// The result of [`Cluster::train_ps`].
+#[derive(Debug, Clone)]
+pub struct PsOutcome {
+    /// The trained parameters.
+    pub params: Vec<f32>,
+    /// Each range's server metrics (staleness histogram, traffic, waits, updates), range order.
+    pub metrics: Vec<crate::ps::Metrics>,
+    /// Each worker's figures.
+    pub workers: Vec<PsWorkerReport>,
+    /// Wall time of the run.
+    pub wall: Duration,
 }
 
 /// A multipass session: identifies the replica-local states of the jobs run with it.
@@ -197,6 +328,9 @@ pub struct Cluster {
     last_tick: Duration,
     /// Failures already written to the log.
     losses_reported: usize,
+    /// What a parameter-server run reported, for `train_ps` to take.
+    ps_inbox: VecDeque<PsNote>,
+    ps_runs: u64,
     max_failures: usize,
 }
 
@@ -223,6 +357,8 @@ impl Cluster {
             auto_choice: None,
             last_tick: Duration::ZERO,
             losses_reported: 0,
+            ps_inbox: VecDeque::new(),
+            ps_runs: 0,
             max_failures,
         }
     }
@@ -263,7 +399,10 @@ impl Cluster {
             Slot { label: label.clone(), conn, process: None, handshake: None, _keepalive: None, _host: None, index },
         );
         let now = self.now();
-        self.sched.step(now, Event::Started { worker: id, origin: Origin::Remote, label: label.clone() });
+        self.sched.step(
+            now,
+            Event::Started { worker: id, origin: Origin::Remote, label: label.clone(), role: Role::Compute },
+        );
         self.sched.step(now, Event::Joined { worker: id, label, jobs: hello.jobs });
         Ok(id)
     }
@@ -281,6 +420,11 @@ impl Cluster {
     /// Human-readable names of the live workers, e.g. `worker 0 (local pid 4242)`, in the order they started.
     pub fn worker_labels(&self) -> Vec<String> {
         self.sched.live().into_iter().map(|w| self.sched.label(w).to_string()).collect()
+    }
+
+    /// Names of the live parameter-server processes, e.g. `server 3 (local pid 4242)`.
+    pub fn server_labels(&self) -> Vec<String> {
+        self.sched.live_servers().into_iter().map(|w| self.sched.label(w).to_string()).collect()
     }
 
     /// Traffic counters so far.
@@ -343,9 +487,15 @@ impl Cluster {
 
     /// Adds a started worker: opens its connection threads, sends `Hello`, tells the scheduler.
     pub(super) fn add(&mut self, launched: Launched) -> Result<WorkerId> {
+        self.add_as(launched, Role::Compute)
+    }
+
+    /// Adds a started process in `role` (a compute worker or a parameter server).
+    pub(super) fn add_as(&mut self, launched: Launched, role: Role) -> Result<WorkerId> {
         let id = self.next_id;
         self.next_id += 1;
-        let label = format!("worker {id} ({})", launched.place);
+        let kind = if role == Role::Server { "server" } else { "worker" };
+        let label = format!("{kind} {id} ({})", launched.place);
         let conn = Conn::start(
             id,
             launched.reader,
@@ -371,7 +521,7 @@ impl Cluster {
                 index,
             },
         );
-        self.sched.step(self.now(), Event::Started { worker: id, origin: launched.origin, label });
+        self.sched.step(self.now(), Event::Started { worker: id, origin: launched.origin, label, role });
         Ok(id)
     }
 
@@ -431,15 +581,31 @@ impl Cluster {
     /// Carries out the scheduler's actions and feeds it events until the operation in flight ends.
     fn drive(&mut self) -> Result<Outcome> {
         loop {
+            if let Some(outcome) = self.drive_until(None, |_| false)? {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// The event loop: carries out actions and feeds events until the operation ends (`Some`) or `ready` holds
+    /// (`None`); also wakes at `wake`.
+    fn drive_until(&mut self, wake: Option<Instant>, mut ready: impl FnMut(&Self) -> bool) -> Result<Option<Outcome>> {
+        loop {
             if let Some(result) = self.act() {
-                return result;
+                return result.map(Some);
+            }
+            if ready(self) {
+                return Ok(None);
             }
             let now = self.now();
-            let wait = self
+            let mut wait = self
                 .sched
                 .next_deadline()
                 .map_or(Duration::from_millis(500), |d| d.saturating_sub(now))
                 .min(Duration::from_millis(500));
+            if let Some(w) = wake {
+                wait = wait.min(w.saturating_duration_since(Instant::now()));
+            }
             match self.events.recv_timeout(wait) {
                 Ok(incoming) => {
                     self.feed(incoming);
@@ -494,6 +660,9 @@ impl Cluster {
                     Action::Kill { worker } => self.kill(worker),
                     Action::Retire { worker } => self.retire(worker),
                     Action::Spawn { origin } => self.spawn(origin),
+                    Action::PsProgress(p) => self.ps_inbox.push_back(PsNote::Progress(p)),
+                    Action::PsFetched { params, metrics } => self.ps_inbox.push_back(PsNote::Fetched(params, metrics)),
+                    Action::PsFinished => self.ps_inbox.push_back(PsNote::Finished),
                     Action::Done(outcome) => {
                         result.get_or_insert(Ok(outcome));
                     }
@@ -852,6 +1021,119 @@ impl Cluster {
             contributions.push(Contribution { rows, partial });
         }
         Ok(job.aggregate(state, contributions))
+    }
+
+    // ----- parameter-server runs -----------------------------------------------------------------------------------
+
+    /// Trains `job` through the cluster's parameter servers ([`ClusterBuilder::servers`](super::ClusterBuilder::servers)):
+    /// each compute worker holding `data` runs `options.clocks` mini-batches of its own rows — pull, gradient, push
+    /// — while the servers apply `options.rule` under `options.consistency`. `on` hears each worker's progress and,
+    /// every `options.eval_every`, a snapshot of the model. Returns the trained parameters, each range's server
+    /// metrics and each worker's figures. A lost worker is dropped (the others go on); a lost server's ranges go on
+    /// at their next replica (`options.replication` ≥ 2).
+    pub fn train_ps<J: crate::ps::PsJob>(
+        &mut self,
+        job: &J,
+        config: &J::Config,
+        data: &DatasetHandle<J::Elem>,
+        options: &PsOptions,
+        mut on: impl FnMut(PsEvent<'_>),
+    ) -> Result<PsOutcome> {
+        self.check_elem(J::NAME, J::Elem::TYPE, &data.id)?;
+        let init = job.init(config, options.seed);
+        if init.len() as u64 != job.num_params(config) {
+            return Err(Error::Protocol {
+                worker: "master".into(),
+                detail: format!(
+                    "`{}` initialised {} parameters but has {}",
+                    J::NAME,
+                    init.len(),
+                    job.num_params(config)
+                ),
+            });
+        }
+        self.pump();
+        self.ps_runs += 1;
+        let run = self.ps_runs;
+        let plan = PsPlan {
+            job: J::NAME.to_string(),
+            dataset: data.id,
+            config: Arc::new(config.to_bytes()),
+            init,
+            consistency: options.consistency.to_string(),
+            rule: options.rule.clone(),
+            replication: options.replication,
+            batch: options.batch.max(1) as u32,
+            clocks: options.clocks,
+            seed: options.seed,
+            blocks: options.blocks.map(|b| (b.block, b.threshold, b.max_period)),
+            jitter: options.jitter,
+            progress_every: options.progress_every,
+        };
+        self.ps_inbox.clear();
+        let started = Instant::now();
+        self.sched.ps_start(self.now(), run, plan);
+        let mut next_eval = options.eval_every.map(|e| started + e);
+        let (mut finished, mut fetching, mut final_fetch) = (false, false, false);
+        let result = loop {
+            let r = self
+                .drive_until(next_eval, |c| !c.ps_inbox.is_empty() || next_eval.is_some_and(|t| Instant::now() >= t));
+            match r {
+                Err(e) => break Err(e),
+                Ok(Some(other)) => break Err(unexpected(other)),
+                Ok(None) => {}
+            }
+            let mut done = None;
+            while let Some(note) = self.ps_inbox.pop_front() {
+                match note {
+                    PsNote::Progress(p) => on(PsEvent::Progress {
+                        worker: p.worker,
+                        clock: p.clock,
+                        loss_sum: p.loss_sum,
+                        correct: p.correct,
+                        rows: p.rows,
+                        waited: p.waited,
+                        elapsed: started.elapsed(),
+                    }),
+                    PsNote::Fetched(params, metrics) => {
+                        fetching = false;
+                        if final_fetch {
+                            done = Some((params, metrics));
+                        } else {
+                            on(PsEvent::Snapshot { elapsed: started.elapsed(), params: &params });
+                        }
+                    }
+                    PsNote::Finished => finished = true,
+                }
+            }
+            if let Some(d) = done {
+                break Ok(d);
+            }
+            if finished && !fetching && !final_fetch {
+                final_fetch = true;
+                fetching = true;
+                self.sched.ps_fetch(self.now());
+            }
+            if let Some(t) = next_eval {
+                if Instant::now() >= t && !finished {
+                    if !fetching {
+                        fetching = true;
+                        self.sched.ps_fetch(self.now());
+                    }
+                    next_eval = options.eval_every.map(|e| Instant::now() + e);
+                }
+            }
+        };
+        let figures = self.sched.ps_end();
+        let _ = self.act();
+        let (params, metrics) = result?;
+        let metrics = metrics.iter().filter_map(|m| postcard::from_bytes(m).ok()).collect();
+        Ok(PsOutcome {
+            params,
+            metrics,
+            workers: figures.into_iter().map(Into::into).collect(),
+            wall: started.elapsed(),
+        })
     }
 
     // ----- shutting down -------------------------------------------------------------------------------------------

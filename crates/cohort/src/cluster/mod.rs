@@ -9,6 +9,7 @@ mod conn;
 pub mod launch;
 mod master;
 pub mod process;
+mod ps;
 pub mod scheduler;
 mod spawn;
 pub mod spec;
@@ -16,7 +17,9 @@ pub mod ssh;
 pub mod worker;
 
 pub use builder::{ClusterBuilder, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAX_FAILURES};
-pub use master::{AutoChoice, Cluster, DatasetHandle, Session, SessionSnapshot, Stats};
+pub use master::{
+    AutoChoice, Cluster, DatasetHandle, PsEvent, PsOptions, PsOutcome, PsWorkerReport, Session, SessionSnapshot, Stats,
+};
 pub use scheduler::{FailureRecord, Placement, RoundProfile, WorkerReport};
 pub use spawn::DataChannel;
 pub use spec::{Hostfile, SshTarget, WorkerSpec};

@@ -5,9 +5,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command};
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::process::ChildStdin;
 use std::time::Duration;
 
 use super::process::WorkerProcess;
@@ -174,32 +172,6 @@ pub(crate) fn spare_slots(specs: &[WorkerSpec]) -> VecDeque<WorkerSpec> {
         }
     }
     out
-}
-
-/// Spawns `cmd` from one long-lived thread. Processes that must die with the master set `PR_SET_PDEATHSIG`, which
-/// fires when the *thread* that spawned them exits; spawning them all from this thread (which lives as long as the
-/// process) ties them to the master's lifetime, not to whichever short-lived thread happened to start them.
-pub(crate) fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
-    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
-            .name("cohort-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("cannot start the spawner thread");
-        Mutex::new(tx)
-    });
-    let (reply, answer) = mpsc::channel();
-    let sent = spawner.lock().map(|tx| tx.send((cmd, reply)).is_ok()).unwrap_or(false);
-    if !sent {
-        return Err(std::io::Error::other("the spawner thread is gone"));
-    }
-    answer.recv().map_err(|_| std::io::Error::other("the spawner thread is gone"))?
 }
 
 /// `(os, arch)` the worker binary runs on, lower-case as `uname` would say them (normalised).

@@ -176,6 +176,17 @@ pub enum WorkerFailure {
     },
 }
 
+/// A key range of a parameter-server run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsRange {
+    /// The range's index.
+    pub range: u32,
+    /// First key.
+    pub lo: u64,
+    /// One past the last key.
+    pub hi: u64,
+}
+
 /// A frame header. The payload that goes with each variant is documented on the variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
@@ -380,6 +391,135 @@ pub enum Message {
         /// machine in experiments. 1.0 is normal speed.
         slowdown: f32,
     },
+    /// Master → server process: serve these key ranges of parameter-server run `run` (as head, middle or tail of
+    /// each range's chain, told later by [`Message::PsChains`]). Payload: the initial parameters of the ranges, `f32`
+    /// little-endian, concatenated in `ranges` order. Answered by [`Message::PsListening`].
+    PsServe {
+        /// The run.
+        run: u64,
+        /// This server's index among the run's servers.
+        server: u32,
+        /// The ranges it holds a replica of.
+        ranges: Vec<PsRange>,
+        /// Number of workers of the run.
+        workers: u32,
+        /// Consistency mode (`bsp`, `ssp:S`, `asp:S,W`, `async`).
+        consistency: String,
+        /// Update rule (`sgd:LR`, `momentum:LR,MU`, `adagrad:LR`, `adam:LR`).
+        rule: String,
+    },
+    /// Server → master: where workers and other servers reach it. No payload.
+    PsListening {
+        /// The run.
+        run: u64,
+        /// Host or address to connect to.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// Master → servers and workers: every range's chain of servers, head first (sent at start and after a server
+    /// is lost). No payload.
+    PsChains {
+        /// The run.
+        run: u64,
+        /// Per range: its servers, head first.
+        chains: Vec<Vec<u32>>,
+        /// Per server: where it listens.
+        addrs: Vec<(String, u16)>,
+    },
+    /// Master → worker: train with parameter-server run `run`. Payload: the job's encoded configuration.
+    PsRun {
+        /// The run.
+        run: u64,
+        /// Registered job name.
+        job: String,
+        /// Resident dataset.
+        dataset: DatasetId,
+        /// This worker's index in the run.
+        worker: u32,
+        /// The chunks it trains on.
+        chunks: Vec<Range<u32>>,
+        /// Range boundaries: range `r` holds keys `[bounds[r], bounds[r + 1])`.
+        bounds: Vec<u64>,
+        /// Mini-batch rows.
+        batch: u32,
+        /// Clocks (mini-batches) to run.
+        clocks: u64,
+        /// Seed of the batch order.
+        seed: u64,
+        /// Model block scheduling: (keys per block, threshold, max period), if on.
+        blocks: Option<(u64, f32, u32)>,
+        /// Each clock's compute takes a random factor in [1, 1 + jitter] longer (experiments with varying speed).
+        jitter: f32,
+        /// Report progress every this many clocks.
+        progress_every: u64,
+    },
+    /// Worker → master: progress of a parameter-server run. No payload.
+    PsProgress {
+        /// The run.
+        run: u64,
+        /// The worker's index in the run.
+        worker: u32,
+        /// Clocks completed.
+        clock: u64,
+        /// Σ loss, rows classified correctly and rows, since the last report.
+        loss_sum: f64,
+        /// Rows classified correctly.
+        correct: u64,
+        /// Rows.
+        rows: u64,
+        /// Microseconds spent waiting for pulls since the last report.
+        waited_us: u64,
+    },
+    /// Worker → master: the worker finished its clocks (every push acknowledged). No payload.
+    PsDone {
+        /// The run.
+        run: u64,
+        /// The worker's index in the run.
+        worker: u32,
+        /// Clocks completed.
+        clock: u64,
+        /// Bytes pushed and pulled (values and keys), and pushes and pulls sent.
+        traffic: (u64, u64, u64, u64),
+        /// Microseconds computing and waiting, in total.
+        busy_us: u64,
+        /// Microseconds waiting for pulls, in total.
+        waited_us: u64,
+    },
+    /// Master → head server of `range`: apply this request as if a worker sent it (a lost worker's `Leave`).
+    /// Payload: the postcard-encoded request.
+    PsInject {
+        /// The run.
+        run: u64,
+        /// The range.
+        range: u32,
+    },
+    /// Master → server: send the parameters of `range`. No payload; answered by [`Message::PsFetched`].
+    PsFetch {
+        /// The run.
+        run: u64,
+        /// The range.
+        range: u32,
+        /// Request id.
+        req: RequestId,
+    },
+    /// Server → master: a range's parameters. Payload: `f32` little-endian values, then the postcard-encoded
+    /// metrics of the range's server core (`metrics_len` bytes at the end).
+    PsFetched {
+        /// The run.
+        run: u64,
+        /// The range.
+        range: u32,
+        /// Request id of the fetch.
+        req: RequestId,
+        /// Bytes of metrics after the values.
+        metrics_len: u64,
+    },
+    /// Master → servers and workers: the run is over; stop its threads. No payload.
+    PsEnd {
+        /// The run.
+        run: u64,
+    },
     /// Worker → master: still alive. No payload.
     Heartbeat,
     /// Master → worker: exit cleanly. No payload.
@@ -410,6 +550,16 @@ impl Message {
             Message::EndSession { .. } => "EndSession",
             Message::Failed { .. } => "Failed",
             Message::Configure { .. } => "Configure",
+            Message::PsServe { .. } => "PsServe",
+            Message::PsListening { .. } => "PsListening",
+            Message::PsChains { .. } => "PsChains",
+            Message::PsRun { .. } => "PsRun",
+            Message::PsProgress { .. } => "PsProgress",
+            Message::PsDone { .. } => "PsDone",
+            Message::PsInject { .. } => "PsInject",
+            Message::PsFetch { .. } => "PsFetch",
+            Message::PsFetched { .. } => "PsFetched",
+            Message::PsEnd { .. } => "PsEnd",
             Message::Heartbeat => "Heartbeat",
             Message::Shutdown => "Shutdown",
         }

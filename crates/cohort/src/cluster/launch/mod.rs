@@ -5,13 +5,13 @@
 //!
 //! - **Ranks** ([`Ranks`]): a launcher starts the same command N times. [`env`](mod@env) maps its variables onto one
 //!   rank/world contract; rank 0 is the master and listens on `MASTER_PORT`; every other rank connects to it over
-//!   TCP and serves as a worker ([`RankWorker`], reached through
+//!   TCP and serves as a worker (`cluster::worker::RankWorker`, reached through
 //!   [`run_if_worker`](crate::cluster::worker::run_if_worker)).
 //! - **Slurm from the master's side** ([`SlurmWorkers`], `--workers slurm`): a master inside an allocation runs one
 //!   `srun` step whose tasks connect back to it the same way, and supervises that `srun`.
 //!
 //! Either way a connection is admitted only after the HMAC proof of the job secret ([`rank`]), and the admitted
-//! connections join the [`Cluster`] as ordinary workers, so failure detection, determinism and
+//! connections join the cluster as ordinary workers, so failure detection, determinism and
 //! every job work as with local processes. A worker rank exits as soon as its master goes away.
 
 pub mod env;
@@ -20,16 +20,12 @@ pub mod rank;
 pub mod secret;
 pub mod slurm;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use env::{MasterAddr, RankEnv, Source};
-pub use rank::{note_termination, RankWorker};
 pub use slurm::{SlurmRequest, SlurmWorkers};
 
-use super::master::Cluster;
 use super::process::{describe_status, WorkerProcess};
-use crate::job::Registry;
 use crate::wire::handshake::Secret;
 
 /// Environment variable telling a worker started by `--workers slurm` where its master listens (`host:port`).
@@ -361,41 +357,6 @@ pub fn timeout_from_env() -> Result<Duration, LaunchError> {
     }
 }
 
-/// Called first by [`run_if_worker`](crate::cluster::worker::run_if_worker): if this process is a worker rank —
-/// a task of a `--workers slurm` step (`COHORT_ROLE=worker` with `COHORT_CONNECT`), or a rank ≥ 1 of a launcher's
-/// job with a secret in the environment — serve the master and exit. Otherwise return.
-pub(crate) fn run_if_rank_worker(registry: &Registry) {
-    let worker = match rank_worker_from_env() {
-        Ok(Some(w)) => w,
-        Ok(None) => return,
-        Err(e) => {
-            eprintln!("cohort (pid {}): {e}", std::process::id());
-            std::process::exit(1);
-        }
-    };
-    std::process::exit(worker.serve(registry));
-}
-
-/// The worker rank this process should be, from its environment alone.
-fn rank_worker_from_env() -> Result<Option<RankWorker>, LaunchError> {
-    let get = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
-    let role = get(super::worker::ROLE_ENV);
-    if role.as_deref() == Some("worker") {
-        let Some(connect) = get(CONNECT_ENV) else { return Ok(None) };
-        return slurm::task_from_env(&connect).map(Some);
-    }
-    if role.is_some() || !secret::in_env(&get) {
-        return Ok(None);
-    }
-    match RankEnv::from_env()? {
-        Some(env) if env.world >= 2 && env.rank >= 1 => {
-            let secret = secret::load(None)?.ok_or_else(|| LaunchError::NoSecret { context: env.describe() })?;
-            Ok(Some(RankWorker::new(&env, secret, timeout_from_env()?)))
-        }
-        _ => Ok(None),
-    }
-}
-
 /// A process that started several workers at once (`srun`): kept by the cluster so that its exit status and
 /// stderr explain a lost worker, and stopped after the workers.
 pub(crate) struct LauncherProcess {
@@ -405,7 +366,7 @@ pub(crate) struct LauncherProcess {
 
 impl LauncherProcess {
     /// Fails if the launcher has already exited.
-    fn check_running(&mut self) -> Result<(), LaunchError> {
+    pub(crate) fn check_running(&mut self) -> Result<(), LaunchError> {
         match self.process.exit_status(Duration::ZERO) {
             None => Ok(()),
             Some(status) => {
@@ -450,53 +411,4 @@ pub(crate) fn lost_connection(launchers: &mut [LauncherProcess]) -> (String, Vec
     let tail = l.process.stderr_tail(Duration::from_millis(500));
     let hint = slurm::explain(&tail).map(|h| format!(" — {h}")).unwrap_or_default();
     (format!("connection lost; {status}{hint}"), tail)
-}
-
-/// Adds the launcher's workers to `cluster` (after its local and ssh workers): rank 0 admits the other ranks;
-/// a Slurm master starts `srun` and admits its tasks. Called by [`ClusterBuilder::start`](super::ClusterBuilder).
-pub(crate) fn start(
-    cluster: &mut Cluster,
-    launcher: &Launcher,
-    secret: &Secret,
-    binary: [u8; 32],
-    program: &Path,
-    heartbeat_interval: Duration,
-    forward_stderr: bool,
-) -> crate::Result<()> {
-    let heartbeat_ms = heartbeat_interval.as_millis().clamp(1, u32::MAX as u128) as u32;
-    let base_id = cluster.next_worker_id();
-    let admitted = match launcher {
-        Launcher::Ranks(r) => {
-            let master = &r.env.master;
-            let what = format!("rank 0 (port {}, {})", master.port, master.port_from);
-            let listener = rank::listen(master.port, &what, &master.port_from)?;
-            let expect = rank::Expect { first: 1, world: r.env.world, kind: "rank" };
-            let deadline = Instant::now() + r.timeout;
-            let admission = rank::Admission { expect, secret, binary, base_id, heartbeat_ms, deadline, what };
-            admission.run(listener, || Ok(()))?
-        }
-        Launcher::Slurm(s) => {
-            let what = format!("the master of Slurm job {}", s.job_id);
-            let listener = rank::listen(0, &what, "any free port")?;
-            let port = listener
-                .local_addr()
-                .map_err(|source| LaunchError::Io { what: "reading the listening port".into(), source })?
-                .port();
-            let mut step = s.spawn(program, &format!("{}:{port}", s.master_host), secret, forward_stderr)?;
-            let expect = rank::Expect { first: 0, world: s.tasks, kind: "slurm task" };
-            let deadline = Instant::now() + s.timeout;
-            let admission = rank::Admission { expect, secret, binary, base_id, heartbeat_ms, deadline, what };
-            let admitted = admission.run(listener, || step.check_running());
-            // Kept either way: on failure the cluster's drop stops it.
-            cluster.add_launcher(step);
-            admitted?
-        }
-    };
-    for a in admitted {
-        let place = format!("{} {} on {}, pid {}", a.kind, a.rank, a.hello.host, a.hello.pid);
-        let reader =
-            a.stream.try_clone().map_err(|source| LaunchError::Io { what: format!("setting up {place}"), source })?;
-        cluster.add_connected(place, Box::new(reader), Box::new(a.stream), a.hello)?;
-    }
-    Ok(())
 }

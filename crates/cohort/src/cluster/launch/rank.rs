@@ -1,4 +1,5 @@
-//! Ranks over TCP: the master admits connections, a worker rank connects and serves.
+//! Ranks over TCP, the master's side: admitting the connections of worker ranks (the worker side is
+//! `cluster::worker::rank`).
 //!
 //! ```text
 //! worker rank                                      master (rank 0, or a --workers slurm master)
@@ -19,18 +20,15 @@
 //! master leaves no rank holding an allocation. TCP keep-alives cover a master whose host vanished.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{LaunchError, RankEnv};
-use crate::cluster::worker::{serve, WorkerError};
-use crate::job::Registry;
+use super::LaunchError;
 use crate::wire::frame::{read_frame, write_frame, MAX_HANDSHAKE_FRAME};
-use crate::wire::handshake::{HandshakeError, MasterHandshake, Secret, WorkerHello};
+use crate::wire::handshake::{MasterHandshake, Secret, WorkerHello};
 use crate::wire::Message;
 
 /// Prefix of the line a worker rank sends first: `COHORT-RANK <rank> <world>`.
@@ -309,7 +307,7 @@ fn parse_rank_line(line: &str) -> Option<(usize, usize)> {
 
 /// Keep-alives and a user timeout, so that a peer whose host vanished without closing is noticed in about half a
 /// minute even when nothing is being sent. Best effort: a system without these options keeps its defaults.
-fn keepalive(stream: &TcpStream) {
+pub(crate) fn keepalive(stream: &TcpStream) {
     let fd = stream.as_raw_fd();
     let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
         // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
@@ -328,193 +326,6 @@ fn keepalive(stream: &TcpStream) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
     set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 30_000);
-}
-
-/// A worker rank: where its master listens and what it must prove.
-#[derive(Debug, Clone)]
-pub struct RankWorker {
-    /// This process's rank as the master will know it.
-    pub rank: usize,
-    /// The world size this rank reports.
-    pub world: usize,
-    /// Where the master listens.
-    pub master: super::MasterAddr,
-    /// The job secret.
-    pub secret: Secret,
-    /// How long to keep trying to reach the master.
-    pub connect_timeout: Duration,
-    /// How this rank is named in messages, e.g. `rank 2 of 3 (Slurm: SLURM_PROCID=2, ...)`.
-    pub what: String,
-}
-
-impl RankWorker {
-    /// The worker for a rank ≥ 1 of a launcher's job.
-    pub fn new(env: &RankEnv, secret: Secret, connect_timeout: Duration) -> RankWorker {
-        RankWorker {
-            rank: env.rank,
-            world: env.world,
-            master: env.master.clone(),
-            secret,
-            connect_timeout,
-            what: env.describe(),
-        }
-    }
-
-    /// Connects to the master and serves it until it shuts the job down. Returns the process exit status: 0 after
-    /// a clean shutdown, 1 (with the reason on stderr) otherwise. Meant to end the process: it exits by itself when
-    /// the master goes away in the middle of a computation, and it makes SIGTERM print why the rank stops.
-    pub fn serve(&self, registry: &Registry) -> i32 {
-        note_termination(format!(
-            "cohort {}: stopped by SIGTERM — the launcher ended the job (cancelled, out of time, or another rank \
-             failed)",
-            self.what
-        ));
-        match self.run(registry) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("cohort (pid {}): {e}", std::process::id());
-                1
-            }
-        }
-    }
-
-    fn run(&self, registry: &Registry) -> Result<(), LaunchError> {
-        let master = self.master.to_string();
-        let mut stream = self.connect()?;
-        stream.set_nodelay(true).ok();
-        keepalive(&stream);
-        let gone = |detail: String| LaunchError::MasterGone { what: self.what.clone(), master: master.clone(), detail };
-        stream
-            .write_all(format!("{RANK_LINE_PREFIX}{} {}\n", self.rank, self.world).as_bytes())
-            .map_err(|e| gone(e.to_string()))?;
-        let eof = Arc::new(AtomicBool::new(false));
-        let reader = stream.try_clone().map_err(|e| gone(e.to_string()))?;
-        let reader = BufReader::with_capacity(256 * 1024, EofWatch { inner: reader, eof: Arc::clone(&eof) });
-        let writer = MasterLink { inner: stream, what: self.what.clone(), master: master.clone() };
-        match serve(registry, reader, writer, &self.secret, false) {
-            Ok(()) if eof.load(Ordering::Relaxed) => Err(gone("it closed the connection".into())),
-            Ok(()) => Ok(()),
-            Err(WorkerError::Handshake(HandshakeError::Rejected { reason, .. })) => {
-                Err(LaunchError::Refused { what: self.what.clone(), master, reason })
-            }
-            Err(WorkerError::Handshake(e @ (HandshakeError::Proof { .. } | HandshakeError::NotCohort { .. }))) => {
-                Err(LaunchError::NotOurMaster { what: self.what.clone(), master, detail: e.to_string() })
-            }
-            Err(e) => Err(gone(e.to_string())),
-        }
-    }
-
-    /// Connects to the master, retrying (rank 0 may start later than this rank) until the connect timeout.
-    fn connect(&self) -> Result<TcpStream, LaunchError> {
-        let started = Instant::now();
-        let deadline = started + self.connect_timeout;
-        let mut pause = Duration::from_millis(5);
-        let mut last = String::from("no attempt finished");
-        loop {
-            match (self.master.host.as_str(), self.master.port).to_socket_addrs() {
-                Ok(addrs) => {
-                    for addr in addrs {
-                        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
-                        match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(2))) {
-                            Ok(s) => return Ok(s),
-                            Err(e) => last = format!("{addr}: {e}"),
-                        }
-                    }
-                }
-                Err(e) => last = format!("cannot resolve {}: {e}", self.master.host),
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(LaunchError::Unreachable {
-                    what: self.what.clone(),
-                    master: self.master.to_string(),
-                    from: format!("host from {}; port from {}", self.master.host_from, self.master.port_from),
-                    after: self.connect_timeout,
-                    last,
-                });
-            }
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(250));
-        }
-    }
-}
-
-/// Records whether the master closed the connection (a read of zero bytes).
-struct EofWatch<R> {
-    inner: R,
-    eof: Arc<AtomicBool>,
-}
-
-impl<R: Read> Read for EofWatch<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            self.eof.store(true, Ordering::Relaxed);
-        }
-        Ok(n)
-    }
-}
-
-/// A worker rank's connection to its master: a write that fails means the master is gone, and nobody will read
-/// what this rank computes, so the rank says so and exits at once — also from the heartbeat thread in the middle
-/// of a long computation.
-struct MasterLink {
-    inner: TcpStream,
-    what: String,
-    master: String,
-}
-
-impl MasterLink {
-    fn lost(&self, e: &std::io::Error) -> ! {
-        eprintln!(
-            "cohort (pid {}): {}: lost the connection to the master at {} ({e}); it failed or was stopped — \
-             exiting",
-            std::process::id(),
-            self.what,
-            self.master
-        );
-        std::process::exit(1);
-    }
-}
-
-impl Write for MasterLink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.inner.write(buf).or_else(|e| self.lost(&e))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush().or_else(|e| self.lost(&e))
-    }
-}
-
-static TERMINATION_NOTE: OnceLock<Box<[u8]>> = OnceLock::new();
-
-/// Makes SIGTERM print `message` on stderr before the process ends by it (with the usual status of a process killed
-/// by SIGTERM). Launchers stop a job with SIGTERM — `scancel`, a time limit, `srun -K` or `mpirun` after another
-/// rank failed, a deleted pod — and without this the job's log would not say why a rank vanished. Only the first
-/// call has an effect.
-pub fn note_termination(message: String) {
-    if TERMINATION_NOTE.set(format!("{message}\n").into_bytes().into_boxed_slice()).is_err() {
-        return;
-    }
-    // SAFETY: installs a handler that only calls async-signal-safe functions (write, signal, raise) on memory that
-    // was initialised before installation and is never freed.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t);
-    }
-}
-
-extern "C" fn on_sigterm(sig: libc::c_int) {
-    if let Some(note) = TERMINATION_NOTE.get() {
-        // SAFETY: write(2) of an initialised, immutable buffer; async-signal-safe.
-        unsafe {
-            libc::write(2, note.as_ptr().cast(), note.len());
-        }
-    }
-    // SAFETY: restoring the default action and re-raising are async-signal-safe; the process then ends by SIGTERM.
-    unsafe {
-        libc::signal(sig, libc::SIG_DFL);
-        libc::raise(sig);
-    }
 }
 
 #[cfg(test)]

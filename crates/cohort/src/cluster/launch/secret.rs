@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::LaunchError;
-use crate::cluster::worker::SECRET_ENV;
+use crate::cluster::process::SECRET_ENV;
 use crate::wire::handshake::{HandshakeError, Secret};
 
 /// Environment variable naming a file that holds the job secret (an alternative to `COHORT_SECRET`).

@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{secret, LaunchError, LauncherProcess, MasterAddr, RankEnv, RankWorker, Source, CONNECT_ENV};
+use super::{secret, LaunchError, LauncherProcess, CONNECT_ENV};
 use crate::cluster::process::WorkerProcess;
+use crate::cluster::process::{hostname, ROLE_ENV, SECRET_ENV};
 use crate::cluster::spec::MAX_WORKERS_PER_SPEC;
-use crate::cluster::worker::{ROLE_ENV, SECRET_ENV};
 use crate::wire::handshake::Secret;
 
 /// How many workers `--workers slurm...` asks for.
@@ -117,7 +117,7 @@ impl SlurmWorkers {
             SlurmRequest::Tasks(n) => (n, None),
             SlurmRequest::PerNode(k) => (k * nodes, Some((nodes, k))),
         };
-        let master_host = var("MASTER_ADDR").unwrap_or_else(crate::cluster::worker::hostname);
+        let master_host = var("MASTER_ADDR").unwrap_or_else(hostname);
         Ok(SlurmWorkers {
             job_id,
             tasks,
@@ -191,35 +191,6 @@ impl SlurmWorkers {
             .map_err(|e| LaunchError::Io { what: "starting a thread for srun's output".into(), source: e })?;
         Ok(LauncherProcess { name: "srun", process })
     }
-}
-
-/// The worker of a task started by `--workers slurm`: its index is `SLURM_PROCID`, its master `COHORT_CONNECT`.
-pub(crate) fn task_from_env(connect: &str) -> Result<RankWorker, LaunchError> {
-    let env = RankEnv::from_env()?.filter(|e| e.source == Source::Slurm).ok_or_else(|| LaunchError::Incomplete {
-        set: format!("{CONNECT_ENV}={connect}"),
-        missing: "SLURM_PROCID (with SLURM_STEP_ID)".into(),
-        hint: "only a task of the srun step that a --workers slurm master starts connects this way".into(),
-    })?;
-    let (host, port) = split_host_port(connect)
-        .ok_or_else(|| LaunchError::BadPort { var: CONNECT_ENV.into(), value: connect.into() })?;
-    let secret = secret::load(None)?.ok_or_else(|| LaunchError::NoSecret { context: env.describe() })?;
-    let from = format!("{CONNECT_ENV}, set by the master");
-    Ok(RankWorker {
-        rank: env.rank,
-        world: env.world,
-        master: MasterAddr { host, port, host_from: from.clone(), port_from: from },
-        secret,
-        connect_timeout: super::timeout_from_env()?,
-        what: format!("slurm task {} of {}", env.rank, env.world),
-    })
-}
-
-/// `host:port` or `[v6]:port`.
-fn split_host_port(s: &str) -> Option<(String, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let port = port.parse::<u16>().ok().filter(|&p| p > 0)?;
-    (!host.is_empty()).then(|| (host.to_string(), port))
 }
 
 /// What `srun`'s last words mean, when they say it.
@@ -313,15 +284,6 @@ mod tests {
         assert_eq!(env["COHORT_CONNECT"].as_deref(), Some("n0:4242"));
         assert_eq!(env["COHORT_SECRET"].as_deref(), Some(secret.to_hex().as_str()));
         assert_eq!(env["RANK"], None, "RANK must be removed");
-    }
-
-    #[test]
-    fn host_port_pairs_split() {
-        assert_eq!(split_host_port("vm:4000"), Some(("vm".into(), 4000)));
-        assert_eq!(split_host_port("[::1]:4000"), Some(("::1".into(), 4000)));
-        assert_eq!(split_host_port("vm"), None);
-        assert_eq!(split_host_port(":4000"), None);
-        assert_eq!(split_host_port("vm:0"), None);
     }
 
     #[test]

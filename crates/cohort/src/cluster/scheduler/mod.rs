@@ -16,6 +16,7 @@
 //!   deadline ([`Scheduler::next_deadline`]).
 
 mod placement;
+mod ps;
 #[cfg(test)]
 mod sim;
 
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 pub use placement::Placement;
 use placement::{apportion, makespan, moves_to_target, runs};
+pub(crate) use ps::{PsPlan, PsProgress as PsProgressNote, PsWorkerFigures};
 
 use crate::data::chunk_rows;
 use crate::tree::Tree;
@@ -42,6 +44,16 @@ pub(crate) enum Origin {
     Local,
     /// A process on another host (ssh, a launcher): replaced by a spare, if any.
     Remote,
+}
+
+/// What a process does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Holds data and computes (map-reduce, passes, a parameter-server run's worker loop).
+    Compute,
+    /// Serves parameter ranges in parameter-server runs; holds no data and is not replaced when lost (its ranges
+    /// fail over along their chains).
+    Server,
 }
 
 /// The scheduler's settings.
@@ -81,7 +93,7 @@ impl Default for Config {
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A worker process was started; its handshake follows.
-    Started { worker: WorkerId, origin: Origin, label: String },
+    Started { worker: WorkerId, origin: Origin, label: String, role: Role },
     /// The worker passed the handshake and registered these jobs.
     Joined { worker: WorkerId, label: String, jobs: Vec<String> },
     /// The worker failed the handshake.
@@ -111,6 +123,13 @@ pub(crate) enum Action {
     Retire { worker: WorkerId },
     /// Start a replacement worker of this origin.
     Spawn { origin: Origin },
+    /// A parameter-server worker reported progress.
+    PsProgress(ps::PsProgress),
+    /// A fetch of a parameter-server run's model completed: the parameters, and each range's server metrics
+    /// (postcard-encoded `ps::Metrics`).
+    PsFetched { params: Vec<f32>, metrics: Vec<Vec<u8>> },
+    /// Every worker of the parameter-server run finished (the run stays open for fetches until `ps_end`).
+    PsFinished,
     /// The operation in flight finished.
     Done(Outcome),
     /// The operation in flight failed.
@@ -212,6 +231,7 @@ impl Rate {
 struct WorkerState {
     label: String,
     origin: Origin,
+    role: Role,
     status: Status,
     jobs: Vec<String>,
     last_seen: Duration,
@@ -335,6 +355,7 @@ enum Op {
     Describe { source: FileSource, req: Option<RequestId> },
     Map(MapOp),
     Pass(PassOp),
+    Ps(Box<ps::PsOp>),
 }
 
 /// A replacement asked for and not yet joined.
@@ -445,9 +466,22 @@ impl Scheduler {
         d
     }
 
-    /// Live workers, in id order.
+    /// Live compute workers, in id order.
     pub fn live(&self) -> Vec<WorkerId> {
-        self.workers.iter().filter(|(_, w)| w.status == Status::Live).map(|(&id, _)| id).collect()
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.status == Status::Live && w.role == Role::Compute)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Live parameter servers, in id order.
+    pub fn live_servers(&self) -> Vec<WorkerId> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.status == Status::Live && w.role == Role::Server)
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     /// A worker's label.
@@ -698,10 +732,11 @@ impl Scheduler {
     pub fn step(&mut self, now: Duration, event: Event) {
         self.now = self.now.max(now);
         match event {
-            Event::Started { worker, origin, label } => {
+            Event::Started { worker, origin, label, role } => {
                 let state = WorkerState {
                     label,
                     origin,
+                    role,
                     status: Status::Joining { deadline: self.now + self.cfg.join_timeout },
                     jobs: Vec::new(),
                     last_seen: self.now,
@@ -804,6 +839,16 @@ impl Scheduler {
                 self.pass_done(worker, req, replica, partial_len, saved, compute_us, payload)
             }
             Message::Failed { req, failure } => self.failed(worker, req, failure),
+            Message::PsListening { run, host, port } => self.ps_listening(worker, run, host, port),
+            Message::PsProgress { run, worker: w, clock, loss_sum, correct, rows, waited_us } => {
+                self.ps_progress(run, w, clock, loss_sum, correct, rows, waited_us)
+            }
+            Message::PsDone { run, worker: w, clock, traffic, busy_us, waited_us } => {
+                self.ps_done(run, w, clock, traffic, busy_us, waited_us)
+            }
+            Message::PsFetched { run, range, req, metrics_len } => {
+                self.ps_fetched(run, range, req, metrics_len, payload)
+            }
             other => {
                 let detail = format!("unexpected {} message", other.kind());
                 self.protocol_violation(worker, detail);
@@ -936,6 +981,14 @@ impl Scheduler {
     }
 
     fn failed(&mut self, worker: WorkerId, req: RequestId, failure: WorkerFailure) {
+        if let Op::Ps(op) = &self.op {
+            if op.run == req {
+                let label = self.label(worker).to_string();
+                let job = op.job.clone();
+                self.fail(Error::JobFailed { job, worker: label, failure });
+                return;
+            }
+        }
         let Some(pending) = self.outstanding.get(&req) else {
             if req == 0 {
                 self.protocol_violation(worker, format!("reported a failure outside any request: {failure}"));
@@ -1000,6 +1053,18 @@ impl Scheduler {
         if matches!(self.op, Op::Start { .. }) {
             self.give_up(error); // a worker that cannot even start is a configuration problem
             return;
+        }
+        let role = self.workers[&worker].role;
+        if role == Role::Server || matches!(self.op, Op::Ps(_)) {
+            if self.failures.len() > self.cfg.max_failures {
+                let failures = self.failure_list();
+                self.give_up(Error::TooManyFailures { max: self.cfg.max_failures, failures });
+                return;
+            }
+            self.ps_lost(worker, role, &error);
+            if role == Role::Server {
+                return; // a server holds no data and is not replaced
+            }
         }
         if self.cfg.max_failures == 0 {
             self.give_up(error);
@@ -1223,6 +1288,7 @@ impl Scheduler {
 
     fn phase(&self) -> &'static str {
         match self.op {
+            Op::Ps(_) => "during a parameter-server run",
             Op::Idle => "between operations",
             Op::Start { .. } => "during start-up",
             Op::Load { .. } | Op::Describe { .. } => "during load",
@@ -1559,6 +1625,12 @@ impl Scheduler {
     /// Ends the operation in flight with `error`. Its requests are forgotten (their answers will be dropped); loads
     /// stay tracked, since the data they place stays placed.
     fn fail(&mut self, error: Error) {
+        if let Op::Ps(op) = &self.op {
+            let run = op.run;
+            for w in op.participants() {
+                self.send(w, Message::PsEnd { run }, Vec::new());
+            }
+        }
         self.op = Op::Idle;
         self.outstanding.retain(|_, p| matches!(p, Pending::Load { .. }));
         self.actions.push_back(Action::Fail(error));

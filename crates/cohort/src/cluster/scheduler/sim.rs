@@ -209,7 +209,10 @@ impl Sim {
         };
         for i in 0..s.workers {
             let w = sim.add_worker(Origin::Local, s.cost[i]);
-            sim.sched.step(Duration::ZERO, Event::Started { worker: w, origin: Origin::Local, label: format!("w{w}") });
+            sim.sched.step(
+                Duration::ZERO,
+                Event::Started { worker: w, origin: Origin::Local, label: format!("w{w}"), role: Role::Compute },
+            );
             sim.at(Duration::from_millis(1 + i as u64), Ev::Join { w });
         }
         if faults {
@@ -295,6 +298,9 @@ impl Sim {
                 }
                 Action::Fail(e) => {
                     self.done.get_or_insert(Err(e));
+                }
+                Action::PsProgress(_) | Action::PsFetched { .. } | Action::PsFinished => {
+                    unreachable!("the simulation runs no parameter-server operation")
                 }
             }
         }
@@ -451,7 +457,8 @@ impl Sim {
                     return;
                 }
                 let w = self.add_worker(origin, 1);
-                self.sched.step(self.now, Event::Started { worker: w, origin, label: format!("w{w}") });
+                self.sched
+                    .step(self.now, Event::Started { worker: w, origin, label: format!("w{w}"), role: Role::Compute });
                 let t = self.now + Duration::from_millis(2);
                 self.at(t, Ev::Join { w });
             }

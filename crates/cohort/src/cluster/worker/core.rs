@@ -20,6 +20,9 @@ pub(crate) enum Control {
     Shutdown,
 }
 
+/// A parameter-server run's chains (per range: its servers, head first) and the servers' addresses.
+type Chains = (Vec<Vec<u32>>, Vec<(String, u16)>);
+
 /// A worker's state between requests.
 pub(crate) struct WorkerCore<'r> {
     registry: &'r Registry,
@@ -35,6 +38,24 @@ pub(crate) struct WorkerCore<'r> {
     flush_every: Duration,
     /// A fault armed for tests (`COHORT_FAULT`).
     fault: Option<Fault>,
+    /// What parameter-server runs need: the job secret, a way to tell the master things from other threads, and
+    /// the address other processes reach this one at. Absent in the simulated network.
+    remote: Option<Remote>,
+    /// Parameter-server runs this process serves or trains in, by run.
+    ps_servers: HashMap<u64, crate::cluster::ps::server::ServerHandle>,
+    ps_trainers: HashMap<u64, crate::cluster::ps::trainer::TrainerHandle>,
+    /// The last chains the master sent, by run (a worker needs them before it starts).
+    ps_chains: HashMap<u64, Chains>,
+}
+
+/// How a worker process takes part in parameter-server runs.
+pub(crate) struct Remote {
+    /// The job secret.
+    pub secret: crate::wire::handshake::Secret,
+    /// Sends a frame to the master from any thread.
+    pub notify: crate::cluster::ps::server::Notify,
+    /// The host other processes reach this one at.
+    pub host: String,
 }
 
 /// Where answers go. Fails only when the connection does.
@@ -51,7 +72,17 @@ impl<'r> WorkerCore<'r> {
             slowdown: 1.0,
             flush_every: Duration::from_millis(2),
             fault: Fault::from_env(),
+            remote: None,
+            ps_servers: HashMap::new(),
+            ps_trainers: HashMap::new(),
+            ps_chains: HashMap::new(),
         }
+    }
+
+    /// Lets the worker take part in parameter-server runs.
+    pub fn with_remote(mut self, remote: Remote) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     fn fault(&mut self, when: When, chunks: &[std::ops::Range<u32>]) {
@@ -71,7 +102,7 @@ impl<'r> WorkerCore<'r> {
     pub fn handle(&mut self, frame: Frame, out: &mut Out<'_>) -> Result<Control, WireError> {
         match frame.message {
             Message::LoadChunk(meta) => {
-                self.fault(When::Load, std::slice::from_ref(&(meta.chunk..meta.chunk + 1)));
+                self.fault(When::Load, std::slice::from_ref(&(meta.chunk..meta.chunk.saturating_add(1))));
                 if let Err(failure) = self.store.insert(&meta, &frame.payload) {
                     self.load_failure.get_or_insert(failure);
                 }
@@ -124,7 +155,9 @@ impl<'r> WorkerCore<'r> {
                         catch_unwind(AssertUnwindSafe(|| {
                             job_impl.pass(&frame.payload, local, data, first_chunk..end_chunk, ctx)
                         }))
-                        .unwrap_or_else(|panic| Err(WorkerFailure::Panicked { message: panic_message(&panic) }))
+                        .unwrap_or_else(|panic| {
+                            Err(WorkerFailure::Panicked { message: crate::error::panic_message(&panic) })
+                        })
                     }
                 };
                 match outcome {
@@ -148,6 +181,76 @@ impl<'r> WorkerCore<'r> {
             Message::EndSession { session } => self.locals.retain(|(s, _), _| *s != session),
             Message::Configure { slowdown } => {
                 self.slowdown = if slowdown.is_finite() { slowdown.clamp(1.0, 1000.0) } else { 1.0 }
+            }
+            Message::PsServe { run, server, ranges, workers, consistency, rule } => {
+                let reply = self.ps_serve(run, server, ranges, workers, &consistency, &rule, &frame.payload);
+                match reply {
+                    Ok(port) => {
+                        let host = self.remote.as_ref().map_or_else(|| "127.0.0.1".to_string(), |r| r.host.clone());
+                        out(Message::PsListening { run, host, port }, &[])?
+                    }
+                    Err(failure) => out(Message::Failed { req: run, failure }, &[])?,
+                }
+            }
+            Message::PsChains { run, chains, addrs } => {
+                if let Some(s) = self.ps_servers.get(&run) {
+                    s.control(crate::cluster::ps::server::Control::Chains {
+                        chains: chains.clone(),
+                        addrs: addrs.clone(),
+                    });
+                }
+                if let Some(t) = self.ps_trainers.get(&run) {
+                    t.control(crate::cluster::ps::trainer::Control::Chains {
+                        chains: chains.clone(),
+                        addrs: addrs.clone(),
+                    });
+                }
+                self.ps_chains.insert(run, (chains, addrs));
+            }
+            Message::PsRun {
+                run,
+                job,
+                dataset,
+                worker,
+                chunks,
+                bounds,
+                batch,
+                clocks,
+                seed,
+                blocks,
+                jitter,
+                progress_every,
+            } => {
+                let spec =
+                    (run, job, dataset, worker, chunks, bounds, batch, clocks, seed, blocks, jitter, progress_every);
+                if let Err(failure) = self.ps_run(spec, frame.payload) {
+                    out(Message::Failed { req: run, failure }, &[])?;
+                }
+            }
+            Message::PsInject { run, range } => match postcard::from_bytes::<crate::ps::Request>(&frame.payload) {
+                Ok(request) => {
+                    if let Some(s) = self.ps_servers.get(&run) {
+                        s.control(crate::cluster::ps::server::Control::Inject { range, request });
+                    }
+                }
+                Err(e) => {
+                    let failure = WorkerFailure::Decode { what: "an injected request".into(), detail: e.to_string() };
+                    out(Message::Failed { req: run, failure }, &[])?
+                }
+            },
+            Message::PsFetch { run, range, req } => {
+                if let Some(s) = self.ps_servers.get(&run) {
+                    s.control(crate::cluster::ps::server::Control::Fetch { range, req });
+                }
+            }
+            Message::PsEnd { run } => {
+                if let Some(s) = self.ps_servers.remove(&run) {
+                    s.control(crate::cluster::ps::server::Control::End);
+                }
+                if let Some(t) = self.ps_trainers.remove(&run) {
+                    t.control(crate::cluster::ps::trainer::Control::End);
+                }
+                self.ps_chains.remove(&run);
             }
             Message::Shutdown => return Ok(Control::Shutdown),
             other => {
@@ -209,7 +312,7 @@ impl<'r> WorkerCore<'r> {
                 }
             })
         }))
-        .unwrap_or_else(|panic| Err(WorkerFailure::Panicked { message: panic_message(&panic) }));
+        .unwrap_or_else(|panic| Err(WorkerFailure::Panicked { message: crate::error::panic_message(&panic) }));
         if let Some(e) = wire_error {
             return Err(e);
         }
@@ -217,6 +320,99 @@ impl<'r> WorkerCore<'r> {
             Ok(()) => send(&mut nodes, &mut payload, &mut since, true),
             Err(failure) => out(Message::Failed { req, failure }, &[]),
         }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ps_serve(
+        &mut self,
+        run: u64,
+        server: u32,
+        ranges: Vec<crate::wire::PsRange>,
+        workers: u32,
+        consistency: &str,
+        rule: &str,
+        payload: &[u8],
+    ) -> Result<u16, WorkerFailure> {
+        let bad = |detail: String| WorkerFailure::Decode { what: "a parameter-server assignment".into(), detail };
+        let remote = self.remote.as_ref().ok_or_else(|| bad("this worker cannot serve parameters".into()))?;
+        let total: u64 = ranges.iter().map(|r| r.hi.saturating_sub(r.lo)).sum();
+        if payload.len() as u64 != total.saturating_mul(4) {
+            return Err(bad(format!("{} bytes of initial parameters for {total} keys", payload.len())));
+        }
+        let values: Vec<f32> = crate::wire::codec::scalars_from_le(payload).map_err(|e| bad(e.to_string()))?;
+        let mut at = 0usize;
+        let mut with_init = Vec::new();
+        for r in ranges {
+            let n = (r.hi - r.lo) as usize;
+            with_init.push((r, values[at..at + n].to_vec()));
+            at += n;
+        }
+        let (handle, port) = crate::cluster::ps::server::start(
+            run,
+            server,
+            with_init,
+            workers,
+            consistency,
+            rule,
+            remote.secret.clone(),
+            std::sync::Arc::clone(&remote.notify),
+        )
+        .map_err(bad)?;
+        self.ps_servers.insert(run, handle);
+        Ok(port)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn ps_run(
+        &mut self,
+        spec: (
+            u64,
+            String,
+            crate::wire::DatasetId,
+            u32,
+            Vec<std::ops::Range<u32>>,
+            Vec<u64>,
+            u32,
+            u64,
+            u64,
+            Option<(u64, f32, u32)>,
+            f32,
+            u64,
+        ),
+        config: Vec<u8>,
+    ) -> Result<(), WorkerFailure> {
+        let (run, job, dataset, worker, chunks, bounds, batch, clocks, seed, blocks, jitter, progress_every) = spec;
+        let remote = self.remote.as_ref().ok_or_else(|| WorkerFailure::Unexpected { kind: "PsRun".into() })?;
+        let job_impl = self.registry.get_ps(&job).ok_or_else(|| WorkerFailure::UnknownJob { job: job.clone() })?;
+        let data =
+            self.store.get(&dataset).ok_or_else(|| WorkerFailure::NotResident { dataset: short_id(&dataset) })?;
+        if job_impl.elem() != data.elem {
+            return Err(WorkerFailure::ElemMismatch { job, job_elem: job_impl.elem(), data_elem: data.elem });
+        }
+        let (chains, addrs) = self.ps_chains.get(&run).cloned().unwrap_or_default();
+        let spec = crate::cluster::ps::trainer::TrainSpec {
+            run,
+            worker,
+            job: std::sync::Arc::clone(job_impl),
+            config,
+            data: data.clone(),
+            chunks,
+            bounds,
+            batch,
+            clocks,
+            seed,
+            blocks,
+            jitter,
+            slowdown: self.slowdown,
+            progress_every,
+            chains,
+            addrs,
+            secret: remote.secret.clone(),
+        };
+        let handle = crate::cluster::ps::trainer::start(spec, std::sync::Arc::clone(&remote.notify))
+            .map_err(|detail| WorkerFailure::Decode { what: "a parameter-server run".into(), detail })?;
+        self.ps_trainers.insert(run, handle);
+        Ok(())
     }
 
     fn slow_down(&self, worked: Duration) {
@@ -228,16 +424,5 @@ impl<'r> WorkerCore<'r> {
 fn sleep_for_slowdown(slowdown: f32, worked: Duration) {
     if slowdown > 1.0 {
         std::thread::sleep(worked.mul_f32(slowdown - 1.0));
-    }
-}
-
-/// The message of a caught panic.
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_string()
     }
 }

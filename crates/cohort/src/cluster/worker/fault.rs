@@ -15,9 +15,9 @@
 use std::ops::Range;
 
 /// Environment variable arming a fault.
-pub const FAULT_ENV: &str = "COHORT_FAULT";
+pub const FAULT_ENV: &str = crate::cluster::process::FORWARDED_ENV[0];
 /// Environment variable naming the file that lets a fault fire once across processes.
-pub const FAULT_ONCE_ENV: &str = "COHORT_FAULT_ONCE";
+pub const FAULT_ONCE_ENV: &str = crate::cluster::process::FORWARDED_ENV[1];
 
 /// When a fault fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,23 +18,16 @@ use std::time::{Duration, Instant};
 
 mod core;
 pub mod fault;
+pub mod rank;
 
 pub(crate) use self::core::{Control, WorkerCore};
 use crate::job::Registry;
 use crate::wire::frame::{read_frame, write_frame, MAX_FRAME};
 use crate::wire::handshake::{worker_handshake, HandshakeError, Secret, WorkerIdentity};
 use crate::wire::{Message, WireError};
+pub use rank::{note_termination, RankWorker};
 
-/// Environment variable that puts a process in worker mode (value `worker`).
-pub const ROLE_ENV: &str = "COHORT_ROLE";
-/// Environment variable carrying the per-job secret (hex).
-pub const SECRET_ENV: &str = "COHORT_SECRET";
-/// Prefix of the optional first stdin line carrying the secret.
-pub const SECRET_LINE_PREFIX: &str = "COHORT-SECRET ";
-/// Environment variable asking the worker to serve over TCP on this address (e.g. `0.0.0.0:0`) instead of stdio.
-pub const LISTEN_ENV: &str = "COHORT_LISTEN";
-/// Prefix of the line `COHORT-LISTEN <ip> <port>` a TCP worker writes on its stdout.
-pub const LISTEN_LINE_PREFIX: &str = "COHORT-LISTEN ";
+pub use super::process::{LISTEN_ENV, LISTEN_LINE_PREFIX, ROLE_ENV, SECRET_ENV, SECRET_LINE_PREFIX};
 /// How long a TCP worker waits for the master to connect and pass the handshake.
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -61,7 +54,7 @@ pub fn is_worker() -> bool {
 /// return immediately. Call it first thing in `main`, with the registry of every job the program may run.
 pub fn run_if_worker(registry: &Registry) {
     // Ranks started by a launcher (srun, mpirun, Kubernetes) and tasks of a `--workers slurm` step connect over TCP.
-    super::launch::run_if_rank_worker(registry);
+    rank::run_if_rank_worker(registry);
     if is_worker() {
         let code = match serve_stdio(registry) {
             Ok(()) => 0,
@@ -160,13 +153,6 @@ fn redirect_stdout_to_stderr() -> Result<File, WorkerError> {
     }
 }
 
-/// This host's name (for handshakes and as the address `--workers slurm` tasks connect to).
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// Serves one master over any reader/writer pair. `exit_on_disconnect` makes the heartbeat thread end the process
 /// when the master is gone even while a long computation runs (what a worker process wants; not a test thread).
 pub fn serve<R: Read, W: Write + Send + 'static>(
@@ -180,7 +166,7 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
         binary_sha256: crate::wire::own_binary_sha256().map_err(|e| WorkerError::Setup(e.to_string()))?,
         jobs: registry.names(),
         pid: std::process::id(),
-        host: hostname(),
+        host: super::process::hostname(),
     };
     let mut output = output;
     let welcome = worker_handshake(&mut input, &mut output, secret, identity)?;
@@ -192,7 +178,12 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
         Duration::from_millis(welcome.heartbeat_ms.max(1) as u64),
         exit_on_disconnect,
     );
-    let result = serve_loop(registry, &mut input, &output);
+    let notify_out = Arc::clone(&output);
+    let notify: crate::cluster::ps::server::Notify = Arc::new(move |msg: Message, payload: Vec<u8>| {
+        let _ = send(&notify_out, &msg, &payload);
+    });
+    let remote = core::Remote { secret: secret.clone(), notify, host: advertised_host() };
+    let result = serve_loop(registry, &mut input, &output, remote);
     stop.store(true, Ordering::Relaxed);
     heartbeat.thread().unpark();
     let _ = heartbeat.join();
@@ -231,8 +222,29 @@ fn send<W: Write>(output: &Mutex<W>, msg: &Message, payload: &[u8]) -> Result<()
     write_frame(&mut *w, msg, payload).map(|_| ())
 }
 
-fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mutex<W>) -> Result<(), WorkerError> {
-    let mut core = WorkerCore::new(registry);
+/// The host other processes of a parameter-server run reach this one at: `COHORT_ADVERTISE` if set (a launcher
+/// rank sets it to the address its master connection leaves from), the address an ssh session reached this host at,
+/// or loopback.
+fn advertised_host() -> String {
+    if let Ok(h) = std::env::var(ADVERTISE_ENV) {
+        return h;
+    }
+    std::env::var("SSH_CONNECTION")
+        .ok()
+        .and_then(|c| c.split_whitespace().nth(2).map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1".to_string())
+}
+
+/// Environment variable naming the address other processes reach this worker at (parameter-server runs).
+pub const ADVERTISE_ENV: &str = "COHORT_ADVERTISE";
+
+fn serve_loop<R: Read, W: Write>(
+    registry: &Registry,
+    input: &mut R,
+    output: &Mutex<W>,
+    remote: core::Remote,
+) -> Result<(), WorkerError> {
+    let mut core = WorkerCore::new(registry).with_remote(remote);
     loop {
         let Some(frame) = read_frame(input, MAX_FRAME)? else {
             return Ok(()); // the master closed the connection
