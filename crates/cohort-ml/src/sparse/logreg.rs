@@ -49,12 +49,45 @@ pub fn batch_keys(rows: &[SparseRow<'_>]) -> Vec<u64> {
 /// [module docs](self)) and `g_i = ∂L/∂w_{keys[i]}`; `L / b` and `g / b` for `b` rows are an unbiased estimate
 /// of the objective and its gradient. A row key missing from `keys` is an error naming the row.
 pub fn loss_grad(keys: &[u64], weights: &[f32], rows: &[SparseRow<'_>], l2: f64) -> Result<(f64, Vec<f32>)> {
+    let mut grad = vec![0.0f32; keys.len()];
+    let fit = loss_grad_into(keys, weights, rows, l2, 1.0, &mut grad)?;
+    Ok((fit.loss, grad))
+}
+
+/// What [`loss_grad_into`] measured on a mini-batch besides its gradient.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatchFit {
+    /// `L`, the rows' terms of `n·f` (as [`loss_grad`] returns it).
+    pub loss: f64,
+    /// Rows the weights given classify right (positive when `w·x > 0`).
+    pub correct: u64,
+}
+
+/// [`loss_grad`] writing `scale · g` into `grad` (one value per key, overwritten) and counting the rows classified
+/// right: what a parameter-server worker calls, with `scale = 1/b` for the gradient of the batch's mean. The same
+/// arithmetic in the same order as [`loss_grad`] (which is this with `scale = 1`).
+pub fn loss_grad_into(
+    keys: &[u64],
+    weights: &[f32],
+    rows: &[SparseRow<'_>],
+    l2: f64,
+    scale: f64,
+    grad: &mut [f32],
+) -> Result<BatchFit> {
     if weights.len() != keys.len() {
         return Err(MlError::Length {
             what: "weights of the batch's keys",
             expected: keys.len(),
             got: weights.len(),
             hint: "give one weight per key, in the order of the keys",
+        });
+    }
+    if grad.len() != keys.len() {
+        return Err(MlError::Length {
+            what: "gradient of the batch's keys",
+            expected: keys.len(),
+            got: grad.len(),
+            hint: "give one gradient slot per key, in the order of the keys",
         });
     }
     if let Some(i) = (1..keys.len()).find(|&i| keys[i] <= keys[i - 1]) {
@@ -68,8 +101,8 @@ pub fn loss_grad(keys: &[u64], weights: &[f32], rows: &[SparseRow<'_>], l2: f64)
         });
     }
     check_l2(l2)?;
-    let mut grad = vec![0.0f64; keys.len()];
-    let mut loss = 0.0;
+    let mut sums = vec![0.0f64; keys.len()];
+    let mut fit = BatchFit::default();
     // Positions in `keys` of the current row's keys, found once and used for the margin and the gradient.
     let mut slots = Vec::new();
     for row in rows {
@@ -90,13 +123,17 @@ pub fn loss_grad(keys: &[u64], weights: &[f32], rows: &[SparseRow<'_>], l2: f64)
             z += w * f64::from(v);
             squares += w * w;
         }
-        loss += logistic_loss(z, row.label()) + 0.5 * l2 * squares;
+        fit.loss += logistic_loss(z, row.label()) + 0.5 * l2 * squares;
+        fit.correct += u64::from((z > 0.0) == row.positive());
         let d = sigmoid(z) - row.label();
         for (&s, &v) in slots.iter().zip(row.values()) {
-            grad[s] += d * f64::from(v) + l2 * f64::from(weights[s]);
+            sums[s] += d * f64::from(v) + l2 * f64::from(weights[s]);
         }
     }
-    Ok((loss, grad.into_iter().map(|g| g as f32).collect()))
+    for (g, s) in grad.iter_mut().zip(sums) {
+        *g = (s * scale) as f32;
+    }
+    Ok(fit)
 }
 
 /// `log(1 + e^z) − y·z`, exact for any `z` (no overflow, no cancellation for large `|z|`).

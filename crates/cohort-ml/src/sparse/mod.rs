@@ -52,8 +52,8 @@ pub use encoding::{encoded_cols, SparseBuilder, SparseDataset, SparseRow, Sparse
 pub use generate::{GenStats, GeneratedRow, SparseGenerator, SparseSpec, ValueKind};
 pub use load::{load_libsvm_sparse, SparseLoadOptions};
 pub use logreg::{
-    batch_keys, eval_partial, evaluate, finish_eval, loss_grad, sgd, EpochRecord, Evaluation, SgdConfig,
-    SparseLogRegEval,
+    batch_keys, eval_partial, evaluate, finish_eval, loss_grad, loss_grad_into, sgd, BatchFit, EpochRecord, Evaluation,
+    SgdConfig, SparseLogRegEval,
 };
 pub use zipf::Zipf;
 

@@ -203,3 +203,26 @@ fn sgd_learns_the_hidden_weights() {
     let again = sgd(&train_rows, 20_000, &config, |_, _| {}).unwrap();
     assert_eq!(weights, again);
 }
+
+#[test]
+fn the_scaled_gradient_is_the_plain_one_scaled_and_counts_the_rows_classified_right() {
+    let (set, keys, weights) = small_batch(8);
+    let rows = set.rows_view().unwrap().batch(0..12).unwrap();
+    let (loss, plain) = loss_grad(&keys, &weights, &rows, 0.1).unwrap();
+    let mut scaled = vec![f32::NAN; keys.len()];
+    let fit = loss_grad_into(&keys, &weights, &rows, 0.1, 1.0 / 12.0, &mut scaled).unwrap();
+    assert_eq!(fit.loss.to_bits(), loss.to_bits());
+    for (s, p) in scaled.iter().zip(&plain) {
+        assert!((f64::from(*s) - f64::from(*p) / 12.0).abs() < 1e-6, "{s} vs {p}/12");
+    }
+    // The count agrees with the evaluation of the same weights as a dense vector.
+    let mut dense = vec![0.0f32; 200];
+    for (&k, &w) in keys.iter().zip(&weights) {
+        dense[k as usize] = w;
+    }
+    let e = evaluate(&dense, 0.1, &set.rows_view().unwrap()).unwrap();
+    assert_eq!(fit.correct as f64 / 12.0, e.accuracy);
+    let mut short = vec![0.0f32; keys.len() - 1];
+    let err = loss_grad_into(&keys, &weights, &rows, 0.1, 1.0, &mut short).unwrap_err();
+    assert!(err.to_string().contains("gradient of the batch's keys"), "{err}");
+}
