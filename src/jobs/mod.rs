@@ -9,7 +9,7 @@ use cohort::Registry;
 
 /// Every job the `cohort` binary can run.
 pub fn registry() -> Registry {
-    Registry::new()
+    cohort_ml::ps::register(Registry::new())
         .map_reduce(linear::LinearGradient)
         .map_reduce(diag::Sum)
         .map_reduce(diag::Fault)

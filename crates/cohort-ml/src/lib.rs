@@ -12,6 +12,8 @@
 //!   per-batch keys and gradients for a parameter server, evaluation job, SGD baseline).
 //! - [`mlp`]: a multilayer perceptron (ReLU, softmax cross-entropy, `f32`), trained by parallel SGD with model
 //!   averaging or synchronous SGD ([`mlp::jobs`], multipass jobs) or by full-batch L-BFGS ([`mlp::full_batch`]).
+//! - [`ps`]: softmax regression, the MLP and sparse logistic regression as parameter-server jobs
+//!   ([`ps::SoftmaxPs`], [`ps::MlpPs`], [`ps::SparseLogRegPs`]) with the evaluation of their trained parameters.
 //! - [`train`]: the training loops as resumable steppers (L-BFGS, gradient descent, model averaging, synchronous
 //!   SGD) and the one [`train::Driver`] that runs them with checkpoints, resume, JSON lines and an interrupt flag.
 //! - [`checkpoint`]: atomic checkpoint directories (manifest with format version, fingerprint and checksum).
@@ -79,6 +81,7 @@ pub mod mlp;
 pub mod model_file;
 pub mod optim;
 pub mod partial;
+pub mod ps;
 pub mod sae;
 pub mod softmax;
 pub mod sparse;
