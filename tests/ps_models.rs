@@ -156,3 +156,19 @@ fn sparse_logistic_regression_moves_only_touched_keys_under_async_and_ssp() {
         assert!(pulled * 20 < dense, "{mode}: {pulled} bytes pulled, dense {dense}");
     }
 }
+
+/// The README's sample of training sparse logistic regression from a program is the example program's code (which
+/// `cargo test` compiles), line for line and in order.
+#[test]
+fn the_readme_sample_is_the_example_program() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("crates/cohort-ml/examples/sparse_ps.rs")).unwrap();
+    let section = readme.split("**Training with parameter servers.**").nth(1).expect("the README section");
+    let sample = section.split("```rust\n").nth(1).and_then(|s| s.split("```").next()).expect("a rust block");
+    let mut lines = example.lines().map(str::trim);
+    for line in sample.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(lines.any(|l| l == line), "README line {line:?} is not in the example (in this order)");
+    }
+    assert!(sample.lines().count() > 10);
+}
