@@ -96,6 +96,7 @@ fn a_server_killed_under_replication_two_loses_no_acknowledged_update() {
     killer.join().unwrap();
     assert_eq!(c.failures().len(), 1, "the server was not lost (the run ended first?): {:?}", c.failures());
     assert!(c.failures()[0].worker.starts_with("server"), "{:?}", c.failures());
+    assert!(c.failures()[0].recovered.is_some(), "the workers did not go on after the failover");
     // Every key was pushed once per clock by each of the two workers: exactly 6 000, none lost, none twice.
     assert!(out.params.iter().all(|&v| v == 6_000.0), "counts {:?}", &out.params[..10]);
 }
@@ -115,4 +116,25 @@ fn a_lost_worker_is_dropped_and_the_others_finish() {
     assert!(out.workers[..2].iter().all(|w| w.clocks == 3_000));
     // The survivors' 6 000 pushes are all there, plus whatever the lost one had pushed.
     assert!(out.params.iter().all(|&v| (6_000.0..9_000.0).contains(&v)), "{:?}", &out.params[..5]);
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_model() {
+    let data = generate(2_000, 6, 7).unwrap().with_chunks(8).unwrap();
+    let mut c = ps_cluster(2, 2);
+    let h = c.load(&data).unwrap();
+    // A sound run first, then the same run with a learning rate that makes it blow up.
+    let opts = PsOptions { eval_every: Some(Duration::from_millis(20)), ..options("async", 4_000) };
+    let sound = c.train_ps(&PsLinear, &6, &h, &PsOptions { clocks: 200, ..opts.clone() }, |_| {}).unwrap();
+    assert!(sound.diverged.is_none());
+    let wild = PsOptions { rule: "sgd:3".into(), progress_every: 2, ..opts };
+    let out = c.train_ps(&PsLinear, &6, &h, &wild, |_| {}).unwrap();
+    let d = out.diverged.as_ref().expect("the run diverged");
+    assert!(d.loss.is_nan() || d.loss > 10.0 * d.first, "{d:?}");
+    assert!(d.to_string().contains("diverged") && d.to_string().contains("lower the learning rate"), "{d}");
+    assert!(out.params.iter().all(|v| v.is_finite()), "the kept model is not finite: {:?}", out.params);
+    assert!(out.workers.iter().all(|w| w.clocks < 4_000), "the run went on: {:?}", out.workers);
+    // The cluster is still usable: the next run trains.
+    let again = c.train_ps(&PsLinear, &6, &h, &options("bsp", 20), |_| {}).unwrap();
+    assert!(again.diverged.is_none() && again.workers.iter().all(|w| w.clocks == 20));
 }
