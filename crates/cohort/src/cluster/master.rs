@@ -587,8 +587,9 @@ impl Cluster {
         .map_err(|e| Error::Launch { worker: label.clone(), reason: format!("cannot start I/O threads: {e}") })?;
         let hs = MasterHandshake::new(self.spawner.secret.clone(), launched.expected);
         conn.send(&hs.hello(), Arc::new(Vec::new()))?;
-        let index = self.started;
-        self.started += 1;
+        // Stragglers are numbered among the compute workers, in start order; servers are never slowed down.
+        let index = if role == Role::Server { usize::MAX } else { self.started };
+        self.started += usize::from(role != Role::Server);
         self.slots.insert(
             id,
             Slot {
