@@ -383,6 +383,9 @@ pub enum BenchCommand {
     /// The launcher matrix: one small training job under local workers, the RANK/WORLD_SIZE contract, srun,
     /// sbatch, salloc with --workers slurm, mpirun and mpiexec; start-up times and model hashes side by side.
     Launchers(crate::bench::launchers::LaunchersArgs),
+    /// The parameter server's consistency modes (BSP, SSP, ASP, async) with and without a straggler: time to a
+    /// target accuracy, final accuracy, bytes, staleness; block scheduling; a server killed under replication 2.
+    Consistency(crate::bench::consistency::ConsistencyArgs),
     /// Worker faults: SIGKILL or SIGSTOP a random worker at a random moment of L-BFGS softmax and model-averaging
     /// runs; completed runs, identical models, detection and recovery times; then a straggler with even and
     /// speed-weighted placement.

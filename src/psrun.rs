@@ -29,6 +29,8 @@ pub trait Workload {
     fn rows(&self) -> usize;
     /// Length of the parameter vector.
     fn num_params(&self) -> u64;
+    /// Whether [`evaluate`](Self::evaluate) gives an accuracy.
+    fn classifier(&self) -> bool;
     /// Loads the training data onto the cluster's workers.
     fn load(&mut self, cluster: &mut Cluster) -> Result<()>;
     /// Trains (after [`load`](Self::load)).
@@ -52,6 +54,7 @@ pub struct Job<J: PsJob> {
     train: Dataset<J::Elem>,
     handle: Option<DatasetHandle<J::Elem>>,
     eval: Evaluator,
+    classifier: bool,
     file: (String, serde_json::Value),
 }
 
@@ -66,7 +69,23 @@ impl<J: PsJob> Job<J> {
         eval: impl Fn(&[f32]) -> Eval + Send + Sync + 'static,
     ) -> Job<J> {
         let file = (name.to_string(), serde_json::Value::Null);
-        Job { name: name.into(), rule: rule.into(), job, config, train, handle: None, eval: Box::new(eval), file }
+        Job {
+            name: name.into(),
+            rule: rule.into(),
+            job,
+            config,
+            train,
+            handle: None,
+            eval: Box::new(eval),
+            classifier: false,
+            file,
+        }
+    }
+
+    /// Marks the workload a classifier (its evaluation gives an accuracy).
+    pub fn classifier(mut self) -> Job<J> {
+        self.classifier = true;
+        self
     }
 
     /// Sets the model-file kind and architecture (default: the workload's name and no architecture).
@@ -87,6 +106,10 @@ impl<J: PsJob> Workload for Job<J> {
 
     fn rows(&self) -> usize {
         self.train.rows()
+    }
+
+    fn classifier(&self) -> bool {
+        self.classifier
     }
 
     fn num_params(&self) -> u64 {

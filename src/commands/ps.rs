@@ -101,9 +101,42 @@ pub struct PsWorkerFigures {
     pub waited_seconds: f64,
 }
 
+/// Which model to train on which data.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    /// `softmax`, `mlp`, `sparse` or `linear`.
+    pub model: String,
+    /// Seed of generated data.
+    pub seed: u64,
+    /// Named data set (softmax, mlp).
+    pub dataset: String,
+    /// Rows to use or generate.
+    pub train_rows: Option<usize>,
+    /// Sparse: the training file.
+    pub train: Option<std::path::PathBuf>,
+    /// Sparse: the test file.
+    pub test: Option<std::path::PathBuf>,
+    /// Sparse: features.
+    pub features: u64,
+}
+
+impl From<&PsArgs> for WorkloadSpec {
+    fn from(a: &PsArgs) -> Self {
+        WorkloadSpec {
+            model: a.model.clone(),
+            seed: a.common.seed,
+            dataset: a.dataset.clone(),
+            train_rows: a.train_rows,
+            train: a.train.clone(),
+            test: a.test.clone(),
+            features: a.features,
+        }
+    }
+}
+
 /// The workload `args` names, with its data read or generated.
-pub fn workload(args: &PsArgs) -> Result<Box<dyn Workload>> {
-    let seed = args.common.seed;
+pub fn workload(args: &WorkloadSpec) -> Result<Box<dyn Workload>> {
+    let seed = args.seed;
     match args.model.as_str() {
         "linear" => {
             let rows = args.train_rows.unwrap_or(20_000);
@@ -172,7 +205,7 @@ pub fn run(args: PsArgs, _registry: &Registry) -> Result<PsReport> {
     if c.checkpoint.is_some() || c.resume.is_some() {
         bail!("cohort train ps does not checkpoint yet: its state lives on the servers (use --replication 2 to survive a server's loss)");
     }
-    let mut work = workload(&args)?;
+    let mut work = workload(&WorkloadSpec::from(&args))?;
     let servers = server_specs(&args.servers)?;
     let (mut cluster, worker_spec) = start_cluster_with_servers(c.workers.as_deref(), &c.launch, servers)?;
     work.load(&mut cluster)?;
