@@ -138,3 +138,47 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_model() {
     let again = c.train_ps(&PsLinear, &6, &h, &options("bsp", 20), |_| {}).unwrap();
     assert!(again.diverged.is_none() && again.workers.iter().all(|w| w.clocks == 20));
 }
+
+#[test]
+fn cohort_train_ps_reports_the_run_and_refuses_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("ps.json");
+    let out = run_cohort(&[
+        "train",
+        "ps",
+        "--model",
+        "linear",
+        "--train-rows",
+        "4000",
+        "--servers",
+        "2",
+        "--workers",
+        "local:2",
+        "--consistency",
+        "ssp:1",
+        "--clocks",
+        "60",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("staleness") && stdout.contains("range 1"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["ranges"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(r["workers"].as_array().unwrap().len(), 2, "{r}");
+    assert!(r["workers"].as_array().unwrap().iter().all(|w| w["clocks"] == 60), "{r}");
+    assert!(r["max_staleness"].as_u64().unwrap() <= 1, "SSP(1) read staler than 1: {r}");
+    assert!(r["final_loss"].as_f64().unwrap() < 1.0, "{r}");
+    fails_with(
+        &["train", "ps", "--model", "linear", "--consistency", "ssp", "--workers", "local:1"],
+        "--consistency \"ssp\"",
+    );
+    fails_with(&["train", "ps", "--model", "linear", "--rule", "sgd:-1", "--workers", "local:1"], "--rule");
+    fails_with(&["train", "ps", "--model", "nope", "--workers", "local:1"], "--model \"nope\"");
+    fails_with(&["train", "ps", "--model", "linear", "--servers", "0", "--workers", "local:1"], "--servers 0");
+    fails_with(
+        &["train", "ps", "--model", "linear", "--servers", "2", "--replication", "3", "--workers", "local:1"],
+        "replication 3",
+    );
+}

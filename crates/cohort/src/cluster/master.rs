@@ -238,13 +238,12 @@ pub struct Divergence {
 
 impl std::fmt::Display for Divergence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the training diverged: worker {}'s mean loss at clock {} was {}",
-            self.worker, self.clock, self.loss
-        )?;
+        let num =
+            |x: f64| if x != 0.0 && !(1e-4..1e6).contains(&x.abs()) { format!("{x:.4e}") } else { format!("{x:.4}") };
+        let (worker, clock, loss) = (self.worker, self.clock, num(self.loss));
+        write!(f, "the training diverged: worker {worker}'s mean loss at clock {clock} was {loss}")?;
         if self.loss.is_finite() {
-            write!(f, " (the first reported was {})", self.first)?;
+            write!(f, " (the first reported was {})", num(self.first))?;
         }
         match self.kept_from {
             Some(t) => write!(f, "; the run stopped and kept the model fetched {:.1} s into it", t.as_secs_f64()),
