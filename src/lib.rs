@@ -13,6 +13,7 @@ pub mod launch;
 pub mod patches;
 pub mod plot;
 pub mod progress;
+pub mod psrun;
 pub mod report;
 pub mod signals;
 
