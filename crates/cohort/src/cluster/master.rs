@@ -1203,6 +1203,9 @@ impl Cluster {
             if guard.diverged.is_some() {
                 break Ok((Vec::new(), Vec::new()));
             }
+            if finished {
+                next_eval = None; // no more snapshots: waiting for one past its time would spin
+            }
             if finished && !fetching && !final_fetch {
                 final_fetch = true;
                 fetching = true;
