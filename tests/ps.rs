@@ -9,7 +9,7 @@ use std::time::Duration;
 use cohort::cluster::PsOptions;
 use cohort::{Cluster, Dataset, WorkerSpec};
 use cohort_cli::jobs::linear::generate;
-use cohort_cli::jobs::ps::{PsCounter, PsLinear};
+use cohort_cli::jobs::ps::{linear_mse as mse, PsCounter, PsLinear};
 use common::*;
 
 fn ps_cluster(workers: usize, servers: usize) -> Cluster {
@@ -26,16 +26,6 @@ fn options(consistency: &str, clocks: u64) -> PsOptions {
         progress_every: 10,
         ..PsOptions::default()
     }
-}
-
-fn mse(data: &Dataset<f64>, w: &[f32]) -> f64 {
-    let (x, y, cols) = (data.values(), data.labels().unwrap(), data.cols());
-    let mut s = 0.0;
-    for (r, row) in x.chunks_exact(cols).enumerate() {
-        let p: f64 = row.iter().zip(w).map(|(a, b)| a * f64::from(*b)).sum::<f64>() + f64::from(w[cols]);
-        s += (p - y[r]).powi(2);
-    }
-    s / data.rows() as f64
 }
 
 #[test]
