@@ -11,6 +11,8 @@
 //! - [`mlp`]: a multilayer perceptron (ReLU, softmax cross-entropy, `f32`), trained by parallel SGD with model
 //!   averaging or synchronous SGD ([`mlp::jobs`], multipass jobs) or by full-batch L-BFGS ([`mlp::full_batch`]).
 //! - [`kernels`]: single-threaded faer products on row-major slices and a vectorised `exp`/sigmoid.
+//! - [`roofline`]: the machine's measured limits (GEMM peak in `f32`/`f64`, memory bandwidth) for `cohort bench
+//!   roofline`.
 //! - [`Partial`]: the per-chunk sums every model's job returns.
 //!
 //! Training = an objective that runs one round per evaluation, handed to an optimizer. Sequentially:
@@ -68,6 +70,7 @@ pub mod kernels;
 pub mod mlp;
 pub mod optim;
 pub mod partial;
+pub mod roofline;
 pub mod sae;
 pub mod softmax;
 
