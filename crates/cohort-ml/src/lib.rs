@@ -72,6 +72,7 @@ pub mod optim;
 pub mod partial;
 pub mod roofline;
 pub mod sae;
+pub mod skinny;
 pub mod softmax;
 
 pub use error::{MlError, Result};
