@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cohort::data::loaders::Split;
+use cohort::data::slicing::{chunk_count_by_cost, MAX_DEFAULT_CHUNKS};
 use cohort::Dataset;
 use cohort_ml::sae::SaeConfig;
 use cohort_ml::softmax::SoftmaxConfig;
@@ -17,14 +18,14 @@ use crate::patches::{self, PATCH};
 use crate::progress::Progress;
 use crate::report::{write_json, TrainReport};
 
-/// Default chunk count of a patch data set: 64 (or one per patch below that). Enough for qjam's 16 workers (and up
-/// to 64), while each chunk's fixed cost — a 40 kB partial to allocate, add and send — stays far below its work;
-/// see the README's measurements.
+/// Most chunks a patch data set is cut into by default: enough for qjam's 16 workers (and up to 64).
 pub const SAE_CHUNKS: usize = 64;
 
-/// The chunk count for `rows` patches: `--chunks`, or [`SAE_CHUNKS`] clamped to the row count.
-pub fn sae_chunks(rows: usize, chunks: Option<usize>) -> usize {
-    chunks.unwrap_or(SAE_CHUNKS.min(rows.max(1)))
+/// The chunk count for `rows` patches: `--chunks`, or as many chunks as keep each chunk's work at or above
+/// `cohort::data::slicing::MIN_CHUNK_FLOPS` (so 1 000 patches of the default shape make 4 chunks, 100 000 make
+/// [`SAE_CHUNKS`]); see the README's measurements.
+pub fn sae_chunks(rows: usize, config: &SaeConfig, chunks: Option<usize>) -> usize {
+    chunks.unwrap_or_else(|| chunk_count_by_cost(rows, config.flops_per_row(), SAE_CHUNKS))
 }
 
 /// `cohort train linear`: full-batch gradient descent, one map-reduce round per iteration.
@@ -156,7 +157,7 @@ pub fn sae(args: SaeArgs) -> Result<TrainReport> {
     let config = SaeConfig::with_hidden(args.hidden);
     config.validate()?;
     let (values, source) = patches::sample(args.images.as_deref(), Split::Train, args.patches, c.seed)?;
-    let data = Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(args.patches, c.chunks))?;
+    let data = Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(args.patches, &config, c.chunks))?;
 
     let Started { mut cluster, worker_spec, handle, started, startup, load } = start_and_load(c, &data)?;
     let run = lbfgs::train_sae(&mut cluster, &handle, &config, c.iterations, c.seed, Some("sae"))?;
@@ -201,13 +202,13 @@ pub fn softmax(args: SoftmaxArgs) -> Result<TrainReport> {
         let labels = train.labels().context("training split without labels")?[..n].to_vec();
         train = Dataset::new(train.values()[..n * train.cols()].to_vec(), train.cols())?.with_labels(labels)?;
     }
-    if let Some(chunks) = c.chunks {
-        train = train.with_chunks(chunks)?;
-    }
     let test = named_dataset(&args.dataset, Split::Test)?;
     let classes = classes_of(&train)?;
     let config = SoftmaxConfig::new(classes, train.cols(), args.lambda);
     config.validate()?;
+    let chunks =
+        c.chunks.unwrap_or_else(|| chunk_count_by_cost(train.rows(), config.flops_per_row(), MAX_DEFAULT_CHUNKS));
+    train = train.with_chunks(chunks)?;
 
     let Started { mut cluster, worker_spec, handle, started, startup, load } = start_and_load(c, &train)?;
     let run = lbfgs::train_softmax(&mut cluster, &handle, &config, c.iterations, Some("softmax"))?;

@@ -127,6 +127,13 @@ impl SaeConfig {
         n_params(self.visible, self.hidden)
     }
 
+    /// Floating-point operations of one patch's cost and gradient (multiply-adds count two): the six products of
+    /// `hidden × visible` multiply-adds each (see the module docs). The sigmoids and element-wise work are not
+    /// counted.
+    pub fn flops_per_row(&self) -> f64 {
+        12.0 * self.hidden as f64 * self.visible as f64
+    }
+
     /// Length of the sums of a [`Partial`] (see the module docs).
     pub fn n_sums(&self) -> usize {
         n_sums(self.visible, self.hidden)

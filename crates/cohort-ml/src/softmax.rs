@@ -72,6 +72,12 @@ impl SoftmaxConfig {
         self.classes * (self.features + 1)
     }
 
+    /// Floating-point operations of one row's cost and gradient (multiply-adds count two): the two products
+    /// `z = W x` and `∇W += (p − y) xᵀ`. The exponentials and element-wise work are not counted.
+    pub fn flops_per_row(&self) -> f64 {
+        4.0 * self.classes as f64 * self.features as f64
+    }
+
     /// Length of the sums of a [`Partial`]: `1 + k·(d + 1)`.
     pub fn n_sums(&self) -> usize {
         1 + self.n_params()
