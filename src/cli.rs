@@ -208,6 +208,9 @@ pub enum BenchCommand {
     Sweep(crate::commands::bench_mlp::SweepArgs),
     /// qjam's sparse-autoencoder benchmark (its Tables 1 and 2): L-BFGS time per worker count and patch count.
     Qjam(QjamArgs),
+    /// The machine's peak (GEMM f32/f64, memory bandwidth) and each model's map against it, with the framework
+    /// overhead of a round on 1 and N workers.
+    Roofline(crate::commands::roofline::RooflineArgs),
 }
 
 /// Arguments of `cohort bench qjam`.

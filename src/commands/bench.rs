@@ -17,6 +17,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Psgd(args) => super::bench_mlp::psgd(args),
         BenchCommand::Sweep(args) => super::bench_mlp::sweep(args),
         BenchCommand::Qjam(args) => super::qjam::run(args),
+        BenchCommand::Roofline(args) => super::roofline::run(args),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod lbfgs;
 pub mod mlp;
 pub mod qjam;
+pub mod roofline;
 pub mod train;
 
 use std::time::Duration;

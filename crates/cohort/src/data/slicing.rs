@@ -34,7 +34,7 @@ pub const MIN_CHUNK_FLOPS: f64 = 4.0e6;
 /// Like [`default_chunk_count`] it depends only on the data and the model, never on the number of workers, so results
 /// stay bit-identical for any worker count. A NaN or negative cost counts as zero (one chunk).
 pub fn chunk_count_by_cost(rows: usize, flops_per_row: f64, max_chunks: usize) -> usize {
-    if !(flops_per_row > 0.0) {
+    if flops_per_row.is_nan() || flops_per_row <= 0.0 {
         return 1;
     }
     // The fewest rows that carry the minimum work; `as` saturates a huge quotient.
