@@ -45,6 +45,11 @@ fn roofline_quick_prints_every_map_and_writes_json() {
     }
     // The 1 000-patch autoencoder is cut by cost (4 chunks), not into a fixed 64.
     assert_eq!(maps[1]["chunks"], 4);
+    // The framework rows: every worker count × 4 and 64 chunks × three partial sizes.
+    let framework = r["framework"].as_array().unwrap();
+    assert_eq!(framework.len(), 2 * 2 * 3);
+    assert!(framework.iter().all(|x| x["round_seconds"].as_f64().unwrap() > 0.0));
+    assert!(stdout.contains("Framework: rounds of a job that only returns a partial"), "{stdout}");
 }
 
 #[test]

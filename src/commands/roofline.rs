@@ -13,6 +13,9 @@
 //! sending the parameters, waking the workers, encoding, sending, decoding and reducing the partials. Every figure is
 //! the fastest of its repetitions, since on a shared machine other work can only make a run slower; the median
 //! round is printed too.
+//!
+//! Last, the framework alone: rounds of `cohort.zeros`, a job that does nothing but return a partial result of a
+//! given size from each of 4 or 64 chunks — what a round costs per round, per chunk and per byte of result.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -35,6 +38,7 @@ use serde::Serialize;
 use super::mlp::{self as mlp_cmd, LBFGS_CHUNKS};
 use super::train::{human_bytes, sae_chunks};
 use crate::cli::LaunchArgs;
+use crate::jobs::diag::Zeros;
 use crate::patches::{self, PATCH};
 
 /// Arguments of `cohort bench roofline`.
@@ -142,6 +146,24 @@ pub struct MapFigure {
     pub rounds: Vec<RoundFigure>,
 }
 
+/// A round of a job that does nothing but return a partial result: what the framework costs per round, per chunk
+/// and per byte of result.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameworkFigure {
+    /// Worker processes.
+    pub workers: usize,
+    /// Chunks (one row each).
+    pub chunks: usize,
+    /// Bytes of each chunk's partial result.
+    pub partial_bytes: usize,
+    /// Fastest round, seconds.
+    pub round_seconds: f64,
+    /// Median round, seconds.
+    pub round_median_seconds: f64,
+    /// The same in this process on `workers` threads (allocating and adding the partials), seconds.
+    pub in_process_seconds: f64,
+}
+
 /// Everything `cohort bench roofline` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Roofline {
@@ -155,6 +177,8 @@ pub struct Roofline {
     pub bandwidth: Vec<BandwidthFigure>,
     /// One entry per map.
     pub maps: Vec<MapFigure>,
+    /// Rounds of a job that only returns partial results (`cohort.zeros`).
+    pub framework: Vec<FrameworkFigure>,
 }
 
 /// What the benchmark needs of a model's map.
@@ -589,6 +613,48 @@ pub fn run(args: RooflineArgs) -> Result<()> {
         maps.push(figure);
     }
 
+    eprintln!("bench roofline: framework rounds");
+    let mut framework = Vec::new();
+    for &n in &workers {
+        let mut cluster = super::builder(vec![WorkerSpec::Local { count: n }], &launch)?
+            .start()
+            .with_context(|| format!("starting {n} local workers"))?;
+        for chunks in [4, 64] {
+            // A scalar, the sparse autoencoder's partial (4 940 values) and the MLP's (25 451 values).
+            for values in [1usize, 4_940, 25_451] {
+                let mut w = MapWork {
+                    name: String::new(),
+                    precision: Precision::F64,
+                    job: Zeros,
+                    params: values as u64,
+                    data: Dataset::new(vec![0.0f64; chunks], 1)?.with_chunks(chunks)?,
+                    flops: 0.0,
+                    partial_bytes: values as f64 * 8.0,
+                };
+                let mut failed = None;
+                let local = fastest(sizes.inprocess_budget / 10, 3, || {
+                    if let Err(e) = w.in_process(n) {
+                        failed = Some(e);
+                    }
+                });
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                let mut times = w.rounds(&mut cluster, warmup, rounds * 5)?;
+                times.sort();
+                framework.push(FrameworkFigure {
+                    workers: n,
+                    chunks,
+                    partial_bytes: values * 8,
+                    round_seconds: times[0].as_secs_f64(),
+                    round_median_seconds: times[times.len() / 2].as_secs_f64(),
+                    in_process_seconds: local.as_secs_f64(),
+                });
+            }
+        }
+        cluster.shutdown();
+    }
+
     let report = Roofline {
         machine: Machine {
             cpu: cpu_model(),
@@ -607,6 +673,7 @@ pub fn run(args: RooflineArgs) -> Result<()> {
             })
             .collect(),
         maps,
+        framework,
     };
     print!("{}", table(&report, &source, rounds));
     if let Some(path) = &args.json {
@@ -717,6 +784,30 @@ pub fn table(r: &Roofline, source: &str, rounds: usize) -> String {
                 x.peak_fraction * 100.0
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "\nFramework: rounds of a job that only returns a partial result of the given size per chunk (fastest of \
+         {}; in this process = allocating and adding the same partials on as many threads)",
+        rounds * 5
+    );
+    let _ = writeln!(
+        out,
+        "{:>7} {:>7} {:>12} {:>10} {:>10} {:>12} {:>10}",
+        "workers", "chunks", "partial", "round", "median", "in process", "overhead"
+    );
+    for x in &r.framework {
+        let _ = writeln!(
+            out,
+            "{:>7} {:>7} {:>12} {:>10} {:>10} {:>12} {:>10}",
+            x.workers,
+            x.chunks,
+            human_bytes(x.partial_bytes as u64),
+            ms(x.round_seconds),
+            ms(x.round_median_seconds),
+            ms(x.in_process_seconds),
+            ms(x.round_seconds - x.in_process_seconds)
+        );
     }
     out
 }

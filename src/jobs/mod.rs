@@ -11,6 +11,7 @@ pub fn registry() -> Registry {
     Registry::new()
         .map_reduce(linear::LinearGradient)
         .map_reduce(diag::Sum)
+        .map_reduce(diag::Zeros)
         .map_reduce(diag::Fault)
         .multipass(diag::PassProbe)
         .map_reduce(cohort_ml::mlp::full_batch::MlpCostGrad)
