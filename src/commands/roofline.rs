@@ -1,6 +1,7 @@
 //! `cohort bench roofline`: how far each model's map is from what this machine can do.
 //!
-//! First the machine's limits ([`cohort_ml::roofline`]): the GEMM rate faer reaches on square products in `f32`
+//! First the machine's limits ([`cohort_ml::roofline`]): the rate of fused multiply-adds from registers (the
+//! processor's limit, the reference for "% of peak"), the GEMM rate faer reaches on square products in `f32`
 //! and `f64`, on one core and on all cores at once, and the memory read bandwidth. Then, for each model's map —
 //! the sparse autoencoder's cost and gradient (100 000 and 1 000 patches), softmax regression on Fashion-MNIST, the
 //! MLP's full-batch forward/backward, and one epoch of the MLP's model averaging (Adam, batch 64) — its arithmetic
@@ -30,7 +31,7 @@ use cohort_ml::mlp::full_batch::{FullBatch, MlpCostGrad};
 use cohort_ml::mlp::jobs::{PsgdJob, PsgdLocal, PsgdState, TrainSpec};
 use cohort_ml::mlp::optimizer::OptimizerSpec;
 use cohort_ml::mlp::Mlp;
-use cohort_ml::roofline::{fastest, gemm_peak, memory_bandwidth, Bandwidth, GemmPeak, Precision};
+use cohort_ml::roofline::{fastest, fma_peak, gemm_peak, memory_bandwidth, Bandwidth, GemmPeak, Precision};
 use cohort_ml::sae::{sample_patches, SaeConfig, SaeJob};
 use cohort_ml::softmax::{SoftmaxConfig, SoftmaxJob};
 use serde::Serialize;
@@ -74,14 +75,16 @@ pub struct Machine {
     pub load_average_end: Option<[f64; 3]>,
 }
 
-/// A measured GEMM rate.
+/// A measured arithmetic rate.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeakFigure {
+    /// `fma` (fused multiply-adds from registers: the processor's limit) or `gemm` (faer on square products).
+    pub kind: String,
     /// `f32` or `f64`.
     pub precision: String,
     /// Threads multiplying at once (one product each).
     pub threads: usize,
-    /// Side of the square product that reached the rate.
+    /// Side of the square product that reached the rate (0 for `fma`).
     pub size: usize,
     /// GFLOP/s, summed over the threads.
     pub gflops: f64,
@@ -115,7 +118,8 @@ pub struct RoundFigure {
     pub overhead_share: f64,
     /// GFLOP/s of the fastest round.
     pub gflops: f64,
-    /// Of the peak of `min(workers, cores)` cores in the map's precision.
+    /// Of the peak (the FMA rate where measured, else faer's GEMM rate) of `min(workers, cores)` cores in the map's
+    /// precision.
     pub peak_fraction: f64,
 }
 
@@ -138,7 +142,7 @@ pub struct MapFigure {
     pub in_process_seconds: f64,
     /// GFLOP/s on one thread.
     pub gflops: f64,
-    /// Of one core's peak.
+    /// Of one core's peak (the FMA rate where measured, else faer's GEMM rate).
     pub peak_fraction: f64,
     /// What the roofline allows on one core: `min(peak, flops/bytes × bandwidth)`, GFLOP/s.
     pub bound_gflops: f64,
@@ -171,7 +175,7 @@ pub struct Roofline {
     pub machine: Machine,
     /// Whether this was a `--quick` run (small data, short probes).
     pub quick: bool,
-    /// GEMM rates.
+    /// Arithmetic rates: FMA from registers (where the CPU has AVX2 and FMA) and faer GEMM.
     pub peaks: Vec<PeakFigure>,
     /// Memory read bandwidths.
     pub bandwidth: Vec<BandwidthFigure>,
@@ -523,20 +527,24 @@ pub fn run(args: RooflineArgs) -> Result<()> {
     eprintln!("bench roofline: probing the machine");
 
     let mut peaks = Vec::new();
+    let mut fma = Vec::new();
     for precision in [Precision::F64, Precision::F32] {
         for threads in [1, cores] {
+            fma.extend(fma_peak(precision, threads, sizes.probe));
             peaks.push(gemm_peak(precision, sizes.gemm_sizes, threads, sizes.probe)?);
         }
     }
     let bandwidth: Vec<Bandwidth> =
         [1, cores].iter().map(|&t| memory_bandwidth(t, sizes.bandwidth_bytes, sizes.probe * 2)).collect();
+    // The processor's limit where measured, else what faer reaches.
+    let reference = if fma.is_empty() { &peaks } else { &fma };
     let peak_of = |p: Precision, threads: usize| -> f64 {
-        let one = peaks.iter().find(|g| g.precision == p && g.threads == 1).map_or(f64::NAN, |g| g.flops);
-        let all = peaks.iter().find(|g| g.precision == p && g.threads == cores).map_or(f64::NAN, |g| g.flops);
+        let rate =
+            |t: usize| reference.iter().find(|g| g.precision == p && g.threads == t).map_or(f64::NAN, |g| g.flops);
         if threads >= cores {
-            all
+            rate(cores)
         } else {
-            one * threads as f64
+            rate(1) * threads as f64
         }
     };
 
@@ -663,7 +671,7 @@ pub fn run(args: RooflineArgs) -> Result<()> {
             load_average_end: load_average(),
         },
         quick: args.quick,
-        peaks: peaks.iter().map(peak_figure).collect(),
+        peaks: fma.iter().map(|g| peak_figure("fma", g)).chain(peaks.iter().map(|g| peak_figure("gemm", g))).collect(),
         bandwidth: bandwidth
             .iter()
             .map(|b| BandwidthFigure {
@@ -683,8 +691,14 @@ pub fn run(args: RooflineArgs) -> Result<()> {
     Ok(())
 }
 
-fn peak_figure(g: &GemmPeak) -> PeakFigure {
-    PeakFigure { precision: g.precision.to_string(), threads: g.threads, size: g.size, gflops: g.flops / 1e9 }
+fn peak_figure(kind: &str, g: &GemmPeak) -> PeakFigure {
+    PeakFigure {
+        kind: kind.into(),
+        precision: g.precision.to_string(),
+        threads: g.threads,
+        size: g.size,
+        gflops: g.flops / 1e9,
+    }
 }
 
 fn ms(s: f64) -> String {
@@ -714,16 +728,21 @@ pub fn table(r: &Roofline, source: &str, rounds: usize) -> String {
         load(m.load_average_end),
         if r.quick { "; --quick: small data, short probes, not a measurement" } else { "" }
     );
-    let _ = writeln!(out, "\nPeak: faer GEMM on square products, fastest of the probes (n = side that reached it)");
+    let _ = writeln!(
+        out,
+        "\nPeak: fused multiply-adds from registers (the processor's limit, the reference for %peak below) and faer \
+         GEMM on square products (n = the side that reached it); fastest of the probes"
+    );
     for p in &r.peaks {
+        let what = if p.kind == "fma" { "FMA ".to_string() } else { format!("GEMM (n = {})", p.size) };
         let _ = writeln!(
             out,
-            "  {}  {} thread{}  {:>7.1} GFLOP/s  (n = {})",
+            "  {:<15} {}  {} thread{}  {:>7.1} GFLOP/s",
+            what,
             p.precision,
             p.threads,
             if p.threads == 1 { " " } else { "s" },
             p.gflops,
-            p.size
         );
     }
     for b in &r.bandwidth {

@@ -7,8 +7,10 @@
 //! same single-threaded work at once (one thread each, as one worker process per core does) and the rate is their
 //! total over the slowest thread's time.
 //!
-//! The GEMMs go through [`crate::kernels`] (faer, one thread), so "peak" here is what the library the maps use
-//! reaches on square products, not the processor's data-sheet figure; the size that reaches it is reported too.
+//! The GEMMs go through [`crate::kernels`] (faer, one thread): what the library the maps use reaches on square
+//! products (the size that reaches it is reported too). [`fma_peak`] measures the processor's own limit, fused
+//! multiply-adds from registers with no memory traffic; a well-blocked kernel can beat faer's square-GEMM rate on a
+//! favourable shape, never the FMA rate.
 
 use std::hint::black_box;
 use std::sync::Barrier;
@@ -177,6 +179,74 @@ pub fn gemm_peak(precision: Precision, sizes: &[usize], threads: usize, budget: 
     best.ok_or(crate::MlError::Empty("gemm_peak: no sizes"))
 }
 
+/// The rate of fused multiply-adds from registers alone — ten independent 256-bit accumulators, no memory traffic
+/// — on `threads` threads at once: the processor's arithmetic limit, which no kernel can beat. `None` where the
+/// CPU has no AVX2 and FMA (the probe is written for them).
+pub fn fma_peak(precision: Precision, threads: usize, budget: Duration) -> Option<GemmPeak> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            return None;
+        }
+        const STEPS: usize = 1 << 16;
+        let threads = threads.max(1);
+        let best = fastest_parallel(threads, budget, 2, vec![(); threads], |_| {
+            // SAFETY: AVX2 and FMA were detected above.
+            black_box(unsafe { fma_loop(precision, STEPS) });
+        });
+        // Ten accumulators of four f64 or eight f32 lanes, two operations per lane per step.
+        let lanes = if precision == Precision::F64 { 4.0 } else { 8.0 };
+        let flops = 2.0 * 10.0 * lanes * STEPS as f64 * threads as f64 / best.as_secs_f64();
+        Some(GemmPeak { precision, threads, size: 0, flops })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (precision, threads, budget);
+        None
+    }
+}
+
+/// `steps` rounds of ten independent fused multiply-adds on 256-bit registers; returns a value that depends on all
+/// of them.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop(precision: Precision, steps: usize) -> f64 {
+    use std::arch::x86_64::*;
+    match precision {
+        Precision::F64 => {
+            let (m, a) = (_mm256_set1_pd(0.999_999), _mm256_set1_pd(1e-9));
+            let mut acc = [_mm256_set1_pd(1.0); 10];
+            for _ in 0..steps {
+                for v in &mut acc {
+                    *v = _mm256_fmadd_pd(*v, m, a);
+                }
+            }
+            let mut out = [0.0f64; 4];
+            let sum = acc.iter().fold(_mm256_setzero_pd(), |s, v| _mm256_add_pd(s, *v));
+            // SAFETY: four f64 are 32 writable bytes.
+            unsafe { _mm256_storeu_pd(out.as_mut_ptr(), sum) };
+            out.iter().sum()
+        }
+        Precision::F32 => {
+            let (m, a) = (_mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-6));
+            let mut acc = [_mm256_set1_ps(1.0); 10];
+            for _ in 0..steps {
+                for v in &mut acc {
+                    *v = _mm256_fmadd_ps(*v, m, a);
+                }
+            }
+            let mut out = [0.0f32; 8];
+            let sum = acc.iter().fold(_mm256_setzero_ps(), |s, v| _mm256_add_ps(s, *v));
+            // SAFETY: eight f32 are 32 writable bytes.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+            out.iter().map(|&v| f64::from(v)).sum()
+        }
+    }
+}
+
 multiversion! {
     /// Sums a buffer with eight independent accumulators (one load stream, vectorised).
     fn stream_sum(values: &[f64]) -> f64 {
@@ -233,6 +303,9 @@ mod tests {
             assert!(g.flops.is_finite() && g.flops > 0.0, "{g:?}");
             assert!(g.size == 16 || g.size == 32);
             assert_eq!(g.threads, 2);
+        }
+        if let Some(f) = fma_peak(Precision::F64, 1, budget) {
+            assert!(f.flops > 0.0 && f.flops.is_finite(), "{f:?}");
         }
         let b = memory_bandwidth(1, 1 << 16, budget);
         assert!(b.bytes_per_second > 0.0 && b.bytes_per_thread == 1 << 16, "{b:?}");
