@@ -29,9 +29,11 @@ use crate::error::{MlError, Result};
 const LANES: usize = 4;
 /// Classes per tile.
 const CLASSES: usize = 5;
-/// Rows per tile of [`xwt`].
+/// Rows per tile of [`xwt`] (the intrinsic path; the portable one works a row at a time).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const ROWS: usize = 2;
-/// Features per tile of [`rtx_add`].
+/// Features per tile of [`rtx_add`] (the intrinsic path; the portable one works a feature at a time).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const COLS: usize = 8;
 
 /// A data element the kernels read: `f32` or `f64`, widened to `f64` exactly.
