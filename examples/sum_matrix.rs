@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example sum_matrix -- --workers local:3
 //! Result is: 78
+//! COHORT_SECRET=$(openssl rand -hex 32) srun -n 4 target/release/examples/sum_matrix   # rank 0 prints it
 //! ```
 
 use cohort::{Cluster, Dataset, MapReduce, Registry, Shard, WorkerSpec};
@@ -40,7 +41,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One row per chunk, so three workers each get a row.
     let dataset = Dataset::from_rows(&matrix)?.with_chunks(3)?;
 
-    let mut cluster = Cluster::builder().workers(WorkerSpec::parse_list(&workers)?).start()?;
+    // Started N times by srun, mpirun or a Kubernetes Indexed Job with COHORT_SECRET set, rank 0 is the master
+    // here and the other ranks have become its workers in `run_if_worker`.
+    let builder = match cohort::launch::Ranks::from_env()? {
+        Some(ranks) => Cluster::builder().launcher(ranks),
+        None => Cluster::builder().workers(WorkerSpec::parse_list(&workers)?),
+    };
+    let mut cluster = builder.start()?;
     let data = cluster.load(&dataset)?;
     let result = cluster.run(&SumMatrix, &(), &data)?;
     println!("Result is: {result}");

@@ -5,13 +5,15 @@
 
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod jobs;
-pub mod model_file;
+pub mod launch;
 pub mod patches;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod signals;
 
 pub use jobs::registry;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    cohort_cli::launch::PROCESS_START.get_or_init(std::time::Instant::now);
     let registry = cohort_cli::registry();
+    cohort_cli::signals::ignore_sigint_in_workers();
     cohort::worker::run_if_worker(&registry);
     tracing_subscriber::fmt()
         .with_env_filter(

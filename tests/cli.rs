@@ -69,3 +69,23 @@ fn overhead_bench_prints_a_table() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("median") && stdout.lines().any(|l| l.starts_with("local:2")), "{stdout}");
 }
+
+#[test]
+fn train_softmax_example_trains_checkpoints_and_resumes_a_finished_run() {
+    let example = cohort_bin().parent().unwrap().join("examples").join("train_softmax");
+    assert!(example.exists(), "{} was not built", example.display());
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let run = || {
+        let out = Command::new(&example)
+            .args(["--workers", "local:2", "--checkpoint", ckpt.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout.lines().find(|l| l.starts_with("model_sha256")).unwrap().to_string()
+    };
+    let first = run();
+    assert!(ckpt.join("manifest.json").is_file());
+    assert_eq!(run(), first, "resuming the finished run gives its model");
+}

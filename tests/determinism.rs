@@ -69,7 +69,8 @@ fn gradient_descent_gives_the_same_model_for_1_2_3_and_7_processes() {
 fn data_stays_resident_and_rounds_move_only_parameters() {
     let data = linear::generate(20_000, 8, 3).unwrap();
     let data_bytes = (data.values().len() + data.rows()) * 8;
-    let mut c = cluster(3);
+    // Even placement: speed-weighted placement may legitimately move a few chunks when workers differ in speed.
+    let mut c = builder(3).placement(cohort::Placement::Even).start().unwrap();
     let h = c.load(&data).unwrap();
     let after_load = c.stats();
     assert!(after_load.bytes_sent as usize >= data_bytes, "the data went out once");
@@ -95,4 +96,30 @@ fn many_jobs_and_datasets_share_one_cluster() {
     let err = c.run(&Sum, &(), &a).unwrap_err().to_string();
     assert!(err.contains("not loaded"), "{err}");
     assert_eq!(c.run(&Sum, &(), &b).unwrap(), 30.0);
+}
+
+#[test]
+fn automatic_worker_count_keeps_many_for_heavy_chunks_and_one_for_tiny_ones_with_the_same_results() {
+    use cohort_cli::jobs::diag::{Slow, SlowPlan};
+    let data = Dataset::new((1..=8).map(f64::from).collect(), 1).unwrap().with_chunks(8).unwrap();
+    // Chunks that take 60 ms each: four workers are clearly best.
+    let mut c = builder(4).auto_workers(true).start().unwrap();
+    let h = c.load(&data).unwrap();
+    let slow = cohort::Serde(SlowPlan { millis: 60 });
+    assert_eq!(c.run(&Slow, &slow, &h).unwrap(), 36.0);
+    let choice = c.auto_choice().cloned().unwrap();
+    assert_eq!((choice.started, choice.chose), (4, 4), "{choice:?}");
+    assert_eq!(choice.predicted.len(), 4);
+    assert_eq!(c.num_workers(), 4);
+    // Chunks that take microseconds: the per-worker overhead dominates and one worker is kept.
+    let mut c = builder(4).auto_workers(true).start().unwrap();
+    let h = c.load(&data).unwrap();
+    assert_eq!(c.run(&Sum, &(), &h).unwrap(), 36.0);
+    let choice = c.auto_choice().cloned().unwrap();
+    assert!(choice.chose < 4, "{choice:?}");
+    assert_eq!(c.num_workers(), choice.chose);
+    for _ in 0..3 {
+        assert_eq!(c.run(&Sum, &(), &h).unwrap(), 36.0);
+    }
+    assert!(c.failures().is_empty(), "retired workers are not failures");
 }

@@ -22,8 +22,8 @@ fn fault(chunk: u32, action: FaultAction) -> Serde<FaultPlan> {
 }
 
 #[test]
-fn a_worker_that_exits_is_reported_with_status_and_stderr() {
-    let mut c = builder(2).forward_stderr(false).start().unwrap();
+fn with_no_failures_allowed_a_worker_that_exits_is_reported_with_status_and_stderr() {
+    let mut c = builder(2).forward_stderr(false).max_failures(0).start().unwrap();
     let h = c.load(&four_chunks()).unwrap();
     let err = c.run(&Fault, &fault(3, FaultAction::Exit(3)), &h).unwrap_err();
     let Error::WorkerDied { worker, status, stderr_tail } = &err else { panic!("{err}") };
@@ -35,8 +35,22 @@ fn a_worker_that_exits_is_reported_with_status_and_stderr() {
 }
 
 #[test]
+fn a_job_that_kills_every_worker_it_touches_stops_after_max_failures_naming_each_loss() {
+    // The fault is deterministic: every replacement dies on chunk 3 again. Past --max-failures the cluster gives up
+    // with the whole list instead of looping forever.
+    let mut c = builder(2).forward_stderr(false).max_failures(2).start().unwrap();
+    let h = c.load(&four_chunks()).unwrap();
+    let err = c.run(&Fault, &fault(3, FaultAction::Exit(3)), &h).unwrap_err();
+    let Error::TooManyFailures { max, failures } = &err else { panic!("{err}") };
+    assert_eq!(*max, 2);
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    assert!(failures.iter().all(|f| f.contains("exited with status 3") && f.contains("fault injected")), "{err}");
+    assert!(err.to_string().contains("--max-failures"), "{err}");
+}
+
+#[test]
 fn an_aborting_worker_is_reported_with_its_signal() {
-    let mut c = builder(2).forward_stderr(false).start().unwrap();
+    let mut c = builder(2).forward_stderr(false).max_failures(0).start().unwrap();
     let h = c.load(&four_chunks()).unwrap();
     let err = c.run(&Fault, &fault(0, FaultAction::Abort), &h).unwrap_err().to_string();
     assert!(err.contains("worker 0") && err.contains("killed by signal 6 (SIGABRT)"), "{err}");
@@ -49,23 +63,30 @@ fn a_panicking_job_fails_the_round_but_not_the_cluster() {
     let err = c.run(&Fault, &fault(1, FaultAction::Panic), &h).unwrap_err().to_string();
     assert!(err.contains("`cohort.fault` failed on worker 0") && err.contains("fault injected on chunk 1"), "{err}");
     assert_eq!(c.run(&Fault, &fault(99, FaultAction::Panic), &h).unwrap(), 10.0);
+    assert_eq!(c.stats().failures, 0, "a job's own failure is not a lost worker");
 }
 
 #[test]
-fn a_killed_worker_is_noticed_at_the_next_round() {
+fn a_worker_killed_between_rounds_is_replaced_and_the_next_round_is_unchanged() {
     let mut c = cluster(3);
     let h = c.load(&four_chunks()).unwrap();
     assert_eq!(c.run(&Sum, &(), &h).unwrap(), 10.0);
     let victim = pid_of(&c.worker_labels()[1]);
     // SAFETY: sending a signal to a child process we started.
     assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
-    let err = c.run(&Sum, &(), &h).unwrap_err().to_string();
-    assert!(err.contains("worker 1") && err.contains("killed by signal 9 (SIGKILL)"), "{err}");
+    assert_eq!(c.run(&Sum, &(), &h).unwrap(), 10.0);
+    let failures = c.failures();
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0].worker.starts_with("worker 1") && failures[0].cause.contains("SIGKILL"), "{failures:?}");
+    assert!(failures[0].recovered.is_some());
+    let labels = c.worker_labels();
+    assert_eq!(labels.len(), 3, "the lost worker was replaced: {labels:?}");
+    assert!(labels.iter().all(|l| pid_of(l) != victim));
 }
 
 #[test]
-fn a_stopped_worker_is_declared_stalled_by_the_heartbeat_detector() {
-    let mut c = builder(2).heartbeat_timeout(Duration::from_millis(800)).start().unwrap();
+fn with_no_failures_allowed_a_stopped_worker_is_declared_stalled() {
+    let mut c = builder(2).heartbeat_timeout(Duration::from_millis(800)).max_failures(0).start().unwrap();
     let h = c.load(&four_chunks()).unwrap();
     let victim = pid_of(&c.worker_labels()[0]);
     // SAFETY: signals to a child process we started.

@@ -9,11 +9,12 @@ use std::path::Path;
 
 use cohort::rng::Rng;
 use cohort::Dataset;
-use cohort_cli::commands::lbfgs;
-use cohort_cli::model_file::{self, Params};
+use cohort_ml::model_file::{self, Params};
 use cohort_ml::optim::{FnObjective, Lbfgs, Stop};
 use cohort_ml::softmax::SoftmaxConfig;
+use cohort_ml::train::{Driver, LbfgsTrainer};
 use common::*;
+use serde_json::json;
 
 /// A few smooth grayscale PNG images of different sizes in `dir`.
 fn write_images(dir: &Path) {
@@ -99,8 +100,9 @@ fn lbfgs_over_worker_processes_reaches_the_optimum() {
 
     let mut cluster = cluster(2);
     let handle = cluster.load(&data).unwrap();
-    let run = lbfgs::train_softmax(&mut cluster, &handle, &config, 200, None).unwrap();
-    let r = &run.result;
+    let mut trainer = LbfgsTrainer::new(config, 200).unwrap();
+    Driver::new().run(&mut trainer, &mut cluster, &handle, |_, _| {}).unwrap();
+    let r = &trainer.result().unwrap();
     let grad_norm = r.gradient.iter().map(|g| g * g).sum::<f64>().sqrt();
     assert!(grad_norm < 1e-5, "gradient norm {grad_norm:e} after {} iterations ({})", r.iterations, r.stop);
     assert!(r.evaluations >= r.iterations);
@@ -168,15 +170,15 @@ fn sae_model_round_trips_through_eval_and_bad_models_are_errors() {
         "--save-model",
         model.to_str().unwrap(),
     ]);
-    let (header, params) = model_file::load(&model).unwrap();
-    assert_eq!(header.kind, "sae");
-    assert!(matches!(params, Params::F64(ref p) if p.len() == 2 * 6 * 64 + 6 + 64));
+    let saved = model_file::load(&model).unwrap();
+    assert_eq!(saved.kind, "sae");
+    assert!(matches!(saved.params, Params::F64(ref p) if p.len() == 2 * 6 * 64 + 6 + 64));
 
     let linear = dir.path().join("linear.cohort");
-    model_file::save(&linear, "linear", serde_json::json!({"features": 3}), &Params::F64(vec![1.0; 4])).unwrap();
+    model_file::save(&linear, "linear", json!({"features": 3}), json!({}), &Params::F64(vec![1.0; 4]), &[]).unwrap();
     fails_with(&["eval", "--model", linear.to_str().unwrap()], "a \"linear\" model cannot be evaluated");
     let bogus = dir.path().join("bogus.cohort");
-    model_file::save(&bogus, "softmax", serde_json::json!({"classes": 10}), &Params::F64(vec![0.0; 7])).unwrap();
+    model_file::save(&bogus, "softmax", json!({"classes": 10}), json!({}), &Params::F64(vec![0.0; 7]), &[]).unwrap();
     fails_with(&["eval", "--model", bogus.to_str().unwrap()], "lacks \"features\"");
     let mut bytes = std::fs::read(&model).unwrap();
     bytes.truncate(bytes.len() - 5);

@@ -38,6 +38,27 @@ fn local_state_persists_and_aggregation_order_is_fixed() {
 }
 
 #[test]
+fn a_resumed_session_restores_every_replica_and_refuses_a_damaged_snapshot() {
+    let data = Dataset::new((1..=8).map(f64::from).collect(), 1).unwrap().with_chunks(4).unwrap();
+    let mut c = cluster(2);
+    let h = c.load(&data).unwrap();
+    let session = c.open_session(3);
+    let mut state = Vec::new();
+    for _ in 0..2 {
+        state = c.pass(&PassProbe, &session, &state, &h).unwrap();
+    }
+    let mut snapshot = c.session_snapshot(&session);
+    let resumed = c.resume_session(snapshot.clone()).unwrap();
+    // The pass counts continue from 2 on both replicas, although the workers' own states are for another session.
+    let next = c.pass(&PassProbe, &resumed, &Vec::new(), &h).unwrap();
+    assert_eq!(next, vec![0.0, 3.0, 10.0, 4.0, 1.0, 3.0, 26.0, 4.0]);
+
+    snapshot.locals.pop();
+    let err = c.resume_session(snapshot).unwrap_err().to_string();
+    assert!(err.contains("2 replicas but 1 saved local states"), "{err}");
+}
+
+#[test]
 fn a_multipass_job_missing_from_the_binary_is_named() {
     struct Missing;
     impl cohort::Multipass for Missing {
@@ -46,7 +67,7 @@ fn a_multipass_job_missing_from_the_binary_is_named() {
         type State = f64;
         type Partial = f64;
         type Local = ();
-        fn init_local(&self, _: &f64, _: &cohort::WorkerContext) {}
+        fn init_local(&self, _: &f64, _: &cohort::ReplicaContext) {}
         fn pass(&self, _: &f64, _: &mut (), _: &[cohort::Shard<'_, f64>]) -> f64 {
             0.0
         }

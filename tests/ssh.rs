@@ -247,7 +247,7 @@ fn two_hosts_in_network_namespaces_and_a_cut_link() {
 }
 
 #[test]
-fn a_link_cut_after_start_is_detected_by_the_heartbeat_detector() {
+fn a_link_cut_mid_job_is_detected_and_the_job_recovers_on_the_other_host() {
     require_sshd!();
     let Ok(ns) = Netns::create(43) else {
         eprintln!("skipping: cannot create a network namespace");
@@ -267,11 +267,25 @@ fn a_link_cut_after_start_is_detected_by_the_heartbeat_detector() {
     let h = cluster.load(&data).unwrap();
     assert_eq!(cluster.run(&cohort_cli::jobs::diag::Sum, &(), &h).unwrap(), 10.0);
     ns.link(false);
-    let err = cluster.run(&cohort_cli::jobs::diag::Sum, &(), &h).unwrap_err();
-    assert!(matches!(&err, cohort::Error::WorkerStalled { worker, .. } if worker.contains(&ns.host_ip)), "{err}");
+    let cut = cluster.epoch().elapsed();
+    // The remote worker goes silent; its chunks move to the local worker and the round completes, unchanged.
+    assert_eq!(cluster.run(&cohort_cli::jobs::diag::Sum, &(), &h).unwrap(), 10.0);
+    let failures = cluster.failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].worker.contains(&ns.host_ip) && failures[0].cause.contains("stalled"), "{failures:?}");
+    let detection = failures[0].detected - cut;
+    eprintln!("cut link detected after {detection:?}");
+    assert!(detection >= Duration::from_secs(2) - Duration::from_millis(150), "declared lost too early: {detection:?}");
+    assert_eq!(cluster.num_workers(), 1);
     // Shutting down with a dead link is bounded too.
     let t = std::time::Instant::now();
     drop(cluster);
     eprintln!("shutdown with a cut link took {:?}", t.elapsed());
     ns.link(true);
+    // The remote worker never saw its session end through the dead link; remove it so nothing outlives the test.
+    for pid in sshd.worker_pids() {
+        // SAFETY: killing a worker process this test started (inside its own network namespace).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(eventually(Duration::from_secs(5), || sshd.worker_pids().is_empty()), "remote workers survived");
 }

@@ -5,8 +5,8 @@
 use anyhow::Result;
 use cohort::data::loaders::{find_named_in, named::FASHION_MNIST, search_dirs};
 
-use super::mlp::{self, MlpArgs, Verbosity};
-use crate::cli::DemoArgs;
+use super::mlp::{self, Verbosity};
+use crate::cli::{DemoArgs, MlpArgs};
 
 /// Rows of the generated stand-in when Fashion-MNIST is absent.
 const GENERATED_ROWS: usize = 20_000;
@@ -38,7 +38,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
     mlp_args.common.workers = args.workers;
     mlp_args.common.launch = args.launch;
     mlp_args.common.report = args.report;
-    let data = mlp::load_data(dataset, mlp_args.data_dir.as_deref(), train_rows, test_rows, 42, false)?;
-    mlp::train(&mlp_args, &data, Verbosity::Full)?;
+    mlp::train(&mlp_args, &mlp::load(&mlp_args)?, Verbosity::Full)?;
     Ok(())
 }

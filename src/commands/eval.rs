@@ -1,17 +1,18 @@
-//! `cohort eval`: measures a saved model on a data set, in this process — accuracy and mean loss for softmax
-//! models, the sparse-autoencoder cost on patches cut from the split's images for SAE models.
-
-use std::path::Path;
+//! `cohort eval`: measures a saved model (safetensors, or the older cohort format) on a data set, in this
+//! process — accuracy and mean loss for softmax and MLP models, the sparse-autoencoder cost on patches cut from the
+//! split's images for SAE models.
 
 use anyhow::{bail, Context, Result};
 use cohort::data::loaders::{named::FASHION_MNIST, Split};
+use cohort_ml::datasets::{self, Scaling};
+use cohort_ml::mlp::Mlp;
+use cohort_ml::model_file::{self, Model, Params};
 use cohort_ml::sae::SaeConfig;
 use cohort_ml::softmax::SoftmaxConfig;
 use serde_json::Value;
 
-use super::named_dataset;
 use crate::cli::EvalArgs;
-use crate::model_file::{self, ModelHeader, Params};
+use crate::launch::named_dataset;
 use crate::patches::{self, PATCH};
 
 /// What `cohort eval` measured.
@@ -37,99 +38,96 @@ pub enum Evaluation {
 
 /// Runs `cohort eval` and prints the result.
 pub fn run(args: EvalArgs) -> Result<()> {
-    let (header, params) = model_file::load(&args.model)?;
+    let model = model_file::load(&args.model)?;
     let split = match args.split.as_str() {
         "test" => Split::Test,
         "train" => Split::Train,
         other => bail!("--split must be `test` or `train`, got {other:?}"),
     };
     let what = format!("{} {} split", args.dataset, args.split);
-    match evaluate(&args, &header, &params, split)? {
+    match evaluate(&args, &model, split)? {
         Evaluation::Accuracy { accuracy, cost, rows } => {
-            println!("{} model {} on {what} ({rows} rows)", header.kind, args.model.display());
+            println!("{} model {} on {what} ({rows} rows)", model.kind, args.model.display());
             println!("  accuracy          {accuracy:.4}");
             println!("  cost              {cost:.6}");
         }
         Evaluation::SaeCost { cost, patches } => {
-            println!("{} model {} on {patches} patches from the {what}", header.kind, args.model.display());
+            println!("{} model {} on {patches} patches from the {what}", model.kind, args.model.display());
             println!("  cost              {cost:.6}");
         }
     }
-    println!("  model sha256      {}", header.sha256);
+    println!("  model sha256      {}", model.sha256);
     Ok(())
 }
 
 /// Evaluates a loaded model on `args.dataset`.
-pub fn evaluate(args: &EvalArgs, header: &ModelHeader, params: &Params, split: Split) -> Result<Evaluation> {
-    let path = &args.model;
-    let Params::F64(theta) = params else {
-        bail!("{}: a {} model with f32 parameters cannot be evaluated (expected f64)", path.display(), header.kind);
+pub fn evaluate(args: &EvalArgs, model: &Model, split: Split) -> Result<Evaluation> {
+    let path = args.model.display();
+    let count = |key: &str| -> Result<usize> {
+        let v = model.architecture.get(key).with_context(|| {
+            format!("{path}: the {} model's metadata lacks {key:?}; the file is corrupt", model.kind)
+        })?;
+        v.as_u64().and_then(|v| usize::try_from(v).ok()).with_context(|| format!("{path}: {key:?} is not a count"))
     };
-    match header.kind.as_str() {
-        "softmax" => {
-            let classes = meta_usize(path, header, "classes")?;
-            let features = meta_usize(path, header, "features")?;
-            let lambda = meta_f64(path, header, "lambda")?;
-            let data = named_dataset(&args.dataset, split)?;
+    let number = |key: &str| -> Result<f64> {
+        model
+            .architecture
+            .get(key)
+            .and_then(Value::as_f64)
+            .with_context(|| format!("{path}: {key:?} missing or not a number"))
+    };
+    let rows = |data: cohort::Dataset<f32>| datasets::head(data, args.rows);
+    match (model.kind.as_str(), &model.params) {
+        ("softmax", Params::F64(theta)) => {
+            let (classes, features, lambda) = (count("classes")?, count("features")?, number("lambda")?);
+            let data = rows(named_dataset(&args.dataset, split)?)?;
             if data.cols() != features {
-                bail!(
-                    "{} is a softmax model of {features} features; {} rows have {}",
-                    path.display(),
-                    args.dataset,
-                    data.cols()
-                );
+                bail!("{path} is a softmax model of {features} features; {} rows have {}", args.dataset, data.cols());
             }
             let config = SoftmaxConfig::new(classes, features, lambda);
-            let accuracy = config.accuracy(theta, &data.as_shard()).with_context(|| format!("{}", path.display()))?;
+            let accuracy = config.accuracy(theta, &data.as_shard()).with_context(|| path.to_string())?;
             let (cost, _) = config.cost_grad(theta, &data.as_shard())?;
             Ok(Evaluation::Accuracy { accuracy, cost, rows: data.rows() })
         }
-        "sae" => {
-            let visible = meta_usize(path, header, "visible")?;
+        ("mlp", Params::F32(theta)) => {
+            let layers: Vec<usize> = model.architecture["layers"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).map(|v| v as usize).collect())
+                .unwrap_or_default();
+            let mlp = Mlp::new(&layers).with_context(|| format!("{path}: the layers in its metadata"))?;
+            let mut data = rows(named_dataset(&args.dataset, split)?)?;
+            let extra = |name: &str| model.extra.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+            if let (Some(mean), Some(scale)) = (extra("input.mean"), extra("input.scale")) {
+                data = Scaling { mean, scale }.apply(data).with_context(|| path.to_string())?;
+            }
+            let e = mlp.evaluate(theta, &data.as_shard()).with_context(|| path.to_string())?;
+            Ok(Evaluation::Accuracy { accuracy: e.accuracy, cost: e.loss, rows: e.rows })
+        }
+        ("sae", Params::F64(theta)) => {
             let config = SaeConfig {
-                visible,
-                hidden: meta_usize(path, header, "hidden")?,
-                lambda: meta_f64(path, header, "lambda")?,
-                rho: meta_f64(path, header, "rho")?,
-                beta: meta_f64(path, header, "beta")?,
+                visible: count("visible")?,
+                hidden: count("hidden")?,
+                lambda: number("lambda")?,
+                rho: number("rho")?,
+                beta: number("beta")?,
             };
-            if visible != PATCH * PATCH {
+            if config.visible != PATCH * PATCH {
                 bail!(
-                    "{}: a sparse autoencoder of {visible} inputs; cohort eval cuts {PATCH}×{PATCH} patches",
-                    path.display()
+                    "{path}: a sparse autoencoder of {} inputs; cohort eval cuts {PATCH}×{PATCH} patches",
+                    config.visible
                 );
             }
             if args.dataset != FASHION_MNIST {
                 bail!("sae models are evaluated on patches of image data sets; cohort knows: {FASHION_MNIST}");
             }
             let (patches, _) = patches::sample(None, split, args.patches, args.seed)?;
-            let (cost, _) = config.cost_grad(theta, &patches).with_context(|| format!("{}", path.display()))?;
+            let (cost, _) = config.cost_grad(theta, &patches).with_context(|| path.to_string())?;
             Ok(Evaluation::SaeCost { cost, patches: args.patches })
         }
-        other => bail!(
-            "{}: a {other:?} model cannot be evaluated on {}; cohort eval knows softmax models (accuracy) and sae \
-             models (reconstruction cost on patches)",
-            path.display(),
+        (kind, _) => bail!(
+            "{path}: a {kind:?} model cannot be evaluated on {}; cohort eval knows softmax and mlp models (accuracy) \
+             and sae models (reconstruction cost on patches)",
             args.dataset
         ),
     }
-}
-
-fn meta<'a>(path: &Path, header: &'a ModelHeader, key: &str) -> Result<&'a Value> {
-    header.meta.get(key).with_context(|| {
-        format!("{}: the {} model's header lacks {key:?}; the file is corrupt", path.display(), header.kind)
-    })
-}
-
-fn meta_usize(path: &Path, header: &ModelHeader, key: &str) -> Result<usize> {
-    meta(path, header, key)?
-        .as_u64()
-        .and_then(|v| usize::try_from(v).ok())
-        .with_context(|| format!("{}: {key:?} in the model header is not a count", path.display()))
-}
-
-fn meta_f64(path: &Path, header: &ModelHeader, key: &str) -> Result<f64> {
-    meta(path, header, key)?
-        .as_f64()
-        .with_context(|| format!("{}: {key:?} in the model header is not a number", path.display()))
 }

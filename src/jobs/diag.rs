@@ -2,7 +2,7 @@
 //! what a round costs per byte of result), and a fault injector that makes a worker crash, panic or abort on a chosen
 //! chunk, so failure handling can be exercised against real processes.
 
-use cohort::{MapReduce, Serde, Shard};
+use cohort::{MapReduce, Payload, Serde, Shard};
 use serde::{Deserialize, Serialize};
 
 /// Sums every value of the dataset.
@@ -97,9 +97,9 @@ impl MapReduce for Fault {
     }
 }
 
-/// A multipass probe: each worker counts its passes in its local state and reports `(index, passes, Σ values)`;
-/// the aggregate appends the reports, in worker order, to the state. Lets tests see that local state persists and
-/// that aggregation order is fixed.
+/// A multipass probe: each replica counts its passes in its local state and reports `(replica, passes, Σ values)`;
+/// the aggregate appends the reports, in replica order, to the state. Lets tests see that local state persists
+/// (also across a move to another process: the count is saved and restored) and that aggregation order is fixed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PassProbe;
 
@@ -110,8 +110,16 @@ impl cohort::Multipass for PassProbe {
     type Partial = (u32, u64, f64);
     type Local = (u32, u64);
 
-    fn init_local(&self, _state: &Vec<f64>, ctx: &cohort::WorkerContext) -> (u32, u64) {
-        (ctx.index, 0)
+    fn init_local(&self, _state: &Vec<f64>, ctx: &cohort::ReplicaContext) -> (u32, u64) {
+        (ctx.replica, 0)
+    }
+
+    fn save_local(&self, local: &(u32, u64)) -> Option<Vec<u8>> {
+        Some(local.1.to_bytes())
+    }
+
+    fn restore_local(&self, _: &Vec<f64>, ctx: &cohort::ReplicaContext, saved: &[u8]) -> Result<(u32, u64), String> {
+        Ok((ctx.replica, u64::from_bytes(saved).map_err(|e| e.to_string())?))
     }
 
     fn pass(&self, _state: &Vec<f64>, local: &mut (u32, u64), shards: &[Shard<'_, f64>]) -> (u32, u64, f64) {
@@ -125,5 +133,32 @@ impl cohort::Multipass for PassProbe {
             next.extend([f64::from(c.partial.0), c.partial.1 as f64, c.partial.2, c.rows as f64]);
         }
         next
+    }
+}
+
+/// Parameters of the slow job: how long each chunk's map sleeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowPlan {
+    /// Milliseconds per chunk.
+    pub millis: u64,
+}
+
+/// Sums like [`Sum`] but sleeps in every map: a long computation, to check that a busy worker keeps its heartbeat.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Slow;
+
+impl MapReduce for Slow {
+    const NAME: &'static str = "cohort.slow";
+    type Elem = f64;
+    type Params = Serde<SlowPlan>;
+    type Output = f64;
+
+    fn map(&self, plan: &Serde<SlowPlan>, shard: &Shard<'_, f64>) -> f64 {
+        std::thread::sleep(std::time::Duration::from_millis(plan.0.millis));
+        shard.values.iter().sum()
+    }
+
+    fn reduce(&self, a: f64, b: f64) -> f64 {
+        a + b
     }
 }

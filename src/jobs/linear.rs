@@ -57,6 +57,46 @@ pub fn generate(rows: usize, features: usize, seed: u64) -> Result<Dataset<f64>,
     Dataset::new(values, features)?.with_labels(targets)
 }
 
+/// The least-squares objective over `rows` rows of `features` values, for the full-batch optimizers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinearModel {
+    /// Rows of the data set.
+    pub rows: usize,
+    /// Features per row.
+    pub features: usize,
+}
+
+impl cohort_ml::train::RoundModel for LinearModel {
+    type Job = LinearGradient;
+
+    fn job(&self) -> LinearGradient {
+        LinearGradient
+    }
+
+    fn params(&self, theta: &[f64]) -> cohort_ml::Result<Vec<f64>> {
+        if theta.len() != self.features + 1 {
+            return Err(cohort_ml::MlError::Length {
+                what: "linear-regression parameters",
+                expected: self.features + 1,
+                got: theta.len(),
+                hint: "θ = [w (features), b]",
+            });
+        }
+        Ok(theta.to_vec())
+    }
+
+    fn finish(&self, _theta: &[f64], output: &(f64, Vec<f64>)) -> cohort_ml::Result<(f64, Vec<f64>)> {
+        Ok(finish(self.rows, output.clone()))
+    }
+
+    fn settings(&self) -> std::collections::BTreeMap<String, String> {
+        [("model", "linear".to_string()), ("features", self.features.to_string())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+}
+
 /// Turns the reduced `(Σ r², Σ r·[x, 1])` into `(loss, gradient)` with `loss = Σ r² / 2n`.
 pub fn finish(rows: usize, (sse, mut grad): (f64, Vec<f64>)) -> (f64, Vec<f64>) {
     let n = rows as f64;

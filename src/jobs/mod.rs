@@ -3,6 +3,7 @@
 
 pub mod diag;
 pub mod linear;
+pub mod ps;
 
 use cohort::Registry;
 
@@ -13,10 +14,13 @@ pub fn registry() -> Registry {
         .map_reduce(diag::Sum)
         .map_reduce(diag::Zeros)
         .map_reduce(diag::Fault)
+        .map_reduce(diag::Slow)
         .multipass(diag::PassProbe)
         .map_reduce(cohort_ml::mlp::full_batch::MlpCostGrad)
         .multipass(cohort_ml::mlp::jobs::PsgdJob)
         .multipass(cohort_ml::mlp::jobs::BspJob)
         .map_reduce(cohort_ml::sae::SaeJob)
         .map_reduce(cohort_ml::softmax::SoftmaxJob)
+        .parameter_server(ps::PsLinear)
+        .parameter_server(ps::PsCounter)
 }

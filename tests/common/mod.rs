@@ -83,4 +83,6 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn pid_of(label: &str) -> u32 {
     label.rsplit("pid ").next().unwrap().trim_end_matches(')').parse().unwrap()
 }
+pub mod launch;
+pub mod slurm;
 pub mod sshd;

@@ -10,7 +10,14 @@
 //! - [`softmax`]: multinomial logistic regression with L2 decay ([`softmax::SoftmaxJob`], `"softmax.cost_grad"`).
 //! - [`mlp`]: a multilayer perceptron (ReLU, softmax cross-entropy, `f32`), trained by parallel SGD with model
 //!   averaging or synchronous SGD ([`mlp::jobs`], multipass jobs) or by full-batch L-BFGS ([`mlp::full_batch`]).
+//! - [`train`]: the training loops as resumable steppers (L-BFGS, gradient descent, model averaging, synchronous
+//!   SGD) and the one [`train::Driver`] that runs them with checkpoints, resume, JSON lines and an interrupt flag.
+//! - [`checkpoint`]: atomic checkpoint directories (manifest with format version, fingerprint and checksum).
+//! - [`model_file`]: trained models as safetensors files.
+//! - [`datasets`]: Fashion-MNIST or a generated stand-in, cut and standardised.
 //! - [`kernels`]: single-threaded faer products on row-major slices and a vectorised `exp`/sigmoid.
+//! - [`skinny`]: softmax regression's two products for a few classes, register tiles over `f32` or `f64` rows
+//!   (AVX2/FMA where available, a portable path with the same bits).
 //! - [`roofline`]: the machine's measured limits (GEMM peak in `f32`/`f64`, memory bandwidth) for `cohort bench
 //!   roofline`.
 //! - [`Partial`]: the per-chunk sums every model's job returns.
@@ -31,7 +38,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! On a cluster the objective runs the job instead; everything else stays the same:
+//! On a cluster the objective runs the job instead; everything else stays the same (and [`train::LbfgsTrainer`]
+//! with [`train::Driver`] adds checkpoints and resume to exactly this):
 //!
 //! ```no_run
 //! use cohort::{Cluster, Dataset, Registry, WorkerSpec};
@@ -65,15 +73,19 @@
 
 #![deny(missing_docs)]
 
+pub mod checkpoint;
+pub mod datasets;
 mod error;
 pub mod kernels;
 pub mod mlp;
+pub mod model_file;
 pub mod optim;
 pub mod partial;
 pub mod roofline;
 pub mod sae;
 pub mod skinny;
 pub mod softmax;
+pub mod train;
 
 pub use error::{MlError, Result};
 pub use partial::Partial;

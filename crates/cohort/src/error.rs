@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::data::DataError;
 use crate::wire::handshake::HandshakeError;
-use crate::wire::{ElemType, WireError};
+use crate::wire::{ElemType, WireError, WorkerFailure};
 
 /// Result alias used throughout the framework.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -85,15 +85,36 @@ pub enum Error {
         /// Dataset's element type.
         got: ElemType,
     },
-    /// A worker reported a failure while serving a request (e.g. the job panicked).
-    #[error("job `{job}` failed on {worker}: {message}")]
+    /// A worker reported a failure while serving a request (e.g. the job panicked). Jobs are deterministic, so it
+    /// would fail on any worker: the request is not retried, and the cluster stays usable.
+    #[error("job `{job}` failed on {worker}: {failure}")]
     JobFailed {
-        /// Job name (or the request kind).
+        /// Job name (or the request kind, e.g. `load`).
         job: String,
         /// The worker.
         worker: String,
-        /// The worker's message.
-        message: String,
+        /// What went wrong there.
+        failure: WorkerFailure,
+    },
+    /// More workers were lost than `max_failures` allows; the cluster gives up. Every loss is listed.
+    #[error("giving up after {} lost workers (at most {max} allowed; raise it with --max-failures):{}", .failures.len(), list(.failures))]
+    TooManyFailures {
+        /// The limit in force.
+        max: usize,
+        /// Each loss, in order: the worker and why.
+        failures: Vec<String>,
+    },
+    /// Every worker was lost and no replacement can be started.
+    #[error("no worker left to run on (no spare and no local respawn possible):{}", list(.failures))]
+    NoWorkersLeft {
+        /// Each loss, in order.
+        failures: Vec<String>,
+    },
+    /// The cluster gave up earlier and refuses further work.
+    #[error("the cluster is unusable after an earlier failure ({cause}); start a new one")]
+    Unusable {
+        /// What made it give up.
+        cause: String,
     },
     /// A dataset handle that this cluster never loaded (or unloaded).
     #[error("dataset {0} is not loaded on this cluster; call Cluster::load first")]
@@ -109,9 +130,26 @@ pub enum Error {
     /// A wire-level failure on the master's side.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// Starting or joining a job under a launcher (Slurm, MPI, Kubernetes) failed.
+    #[error(transparent)]
+    Launcher(Box<crate::cluster::launch::LaunchError>),
     /// A cluster needs at least one worker.
     #[error("no workers: give at least one, e.g. --workers local:2")]
     NoWorkers,
+}
+
+fn list(items: &[String]) -> String {
+    let mut s = String::new();
+    for (i, item) in items.iter().enumerate() {
+        s.push_str(&format!("\n  {}. {}", i + 1, item.replace('\n', "\n     ")));
+    }
+    s
+}
+
+impl From<crate::cluster::launch::LaunchError> for Error {
+    fn from(e: crate::cluster::launch::LaunchError) -> Error {
+        Error::Launcher(Box::new(e))
+    }
 }
 
 fn tail(lines: &[String]) -> String {
@@ -124,4 +162,15 @@ fn tail(lines: &[String]) -> String {
         s.push_str(l);
     }
     s
+}
+
+/// The message of a caught panic (a job's user code), for error reports.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
 }

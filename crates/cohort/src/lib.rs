@@ -33,22 +33,29 @@
 //!
 //! Layers, from the bottom: [`wire`] (the only module that knows bytes), [`data`] (datasets and chunking),
 //! [`tree`] (the deterministic reduction order), [`job`] (the traits a user implements) and [`cluster`] (master,
-//! worker loop, launchers, failure detection).
+//! worker loop, launchers, failure detection). [`ps`] is the parameter server's pure core (consistency modes,
+//! update rules, server and client state machines without I/O).
 
 #![deny(missing_docs)]
 
 pub mod cluster;
 pub mod data;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod job;
+pub mod ps;
 pub mod rng;
 pub mod tree;
 pub mod wire;
 
-pub use cluster::{worker, Cluster, ClusterBuilder, DataChannel, DatasetHandle, Session, SshTarget, Stats, WorkerSpec};
+pub use cluster::{
+    launch, worker, Cluster, ClusterBuilder, DataChannel, DatasetHandle, FailureRecord, Placement, Session,
+    SessionSnapshot, SshTarget, Stats, WorkerReport, WorkerSpec,
+};
 pub use data::{DataError, Dataset, Element, Shard};
 pub use error::{Error, Result};
-pub use job::{Contribution, MapReduce, Multipass, Registry, WorkerContext};
+pub use job::{Contribution, MapReduce, Multipass, Registry, ReplicaContext};
 pub use wire::{Payload, Serde};
 
 /// SHA-256 of a slice of numbers as little-endian bytes, hex-encoded: the `model_sha256` of reports.

@@ -9,14 +9,17 @@
 //!   gradient, and the master applies the update ([`BspState::grad`] is what it reads). Mathematically sequential
 //!   mini-batch SGD; the price is one round trip per step.
 //!
-//! Both are reproducible for a fixed worker count and seed: each worker shuffles its rows with a generator derived
-//! from the session seed and its index, and the aggregate sums in worker order. A bad shard (wrong width, a label
+//! Both are reproducible for a fixed number of replicas and seed, whatever the number of processes: each replica
+//! shuffles its rows, at the start of each of its local epochs, with a generator derived from the session seed, its
+//! index and the epoch, and the aggregate sums in replica order. Both save their replica-local state (optimizer
+//! moments, epoch and cursor — not the permutation, which is rebuilt from the seed) after every pass, so a replica
+//! moved to another process after a failure, or resumed by a restarted master, continues bit-identically. A bad shard (wrong width, a label
 //! that is not a class) does not panic: the worker reports the error in its partial and the aggregate carries it to
 //! the master in the state's `error`.
 
 use cohort::rng::Rng;
 use cohort::wire::WireError;
-use cohort::{Contribution, Multipass, Payload, Serde, Shard, WorkerContext};
+use cohort::{Contribution, Multipass, Payload, ReplicaContext, Serde, Shard};
 use serde::{Deserialize, Serialize};
 
 use super::optimizer::{Optimizer, OptimizerSpec};
@@ -44,7 +47,7 @@ pub struct TrainSpec {
 
 /// Loss and accuracy sums over the rows trained on during a pass (the running training figures, as the seed's
 /// table reports them).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct PassStats {
     /// Σ loss over the rows seen (each at the parameters of its step).
     pub loss_sum: f64,
@@ -159,9 +162,15 @@ impl Payload for WorkerPartial {
     }
 }
 
-/// A worker's rows in shuffled order and a cursor into them, plus the batch buffers.
+/// A replica's rows in shuffled order and a cursor into them, plus the batch buffers.
+///
+/// Local epoch `e` visits the rows in the order of the identity permutation shuffled by a generator derived from
+/// `(seed, replica, e)`, so the order is rebuilt from three numbers after a move and never needs to be sent.
 pub struct Sampler {
-    rng: Rng,
+    seed: u64,
+    replica: u32,
+    /// Local epochs started so far (the current one is `epoch`, counted from 1).
+    epoch: u64,
     order: Vec<u32>,
     cursor: usize,
     x: Vec<f32>,
@@ -170,15 +179,30 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    fn new(ctx: &WorkerContext) -> Self {
+    fn new(ctx: &ReplicaContext) -> Self {
         Sampler {
-            rng: Rng::derive(ctx.seed, 0x7073_6764_0000 + u64::from(ctx.index)),
+            seed: ctx.seed,
+            replica: ctx.replica,
+            epoch: 0,
             order: Vec::new(),
             cursor: 0,
             x: Vec::new(),
             y: Vec::new(),
             ws: Workspace::default(),
         }
+    }
+
+    /// The sampler of a saved `(epoch, cursor)`: the order is rebuilt on the first [`prepare`](Self::prepare).
+    fn restored(ctx: &ReplicaContext, epoch: u64, cursor: u64) -> Self {
+        Sampler { epoch, cursor: cursor as usize, ..Sampler::new(ctx) }
+    }
+
+    /// The row order of local epoch `epoch` over `n` rows.
+    fn order_of(&self, epoch: u64, n: usize) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        let stream = 0x7073_6764_0000_0000 ^ (u64::from(self.replica) << 32) ^ epoch;
+        Rng::derive(self.seed, stream).shuffle(&mut order);
+        order
     }
 
     /// Validates the shards and returns their labels as classes, concatenated, with each shard's first local row.
@@ -190,8 +214,15 @@ impl Sampler {
             classes.extend(mlp.classes_of(s)?);
         }
         if self.order.len() != classes.len() {
-            self.order = (0..classes.len() as u32).collect();
-            self.cursor = self.order.len();
+            if self.epoch == 0 {
+                // Nothing visited yet: the first batch starts epoch 1.
+                self.order = (0..classes.len() as u32).collect();
+                self.cursor = self.order.len();
+            } else {
+                // Restored mid-way: rebuild the current epoch's order.
+                self.order = self.order_of(self.epoch, classes.len());
+                self.cursor = self.cursor.min(self.order.len());
+            }
         }
         Ok((classes, starts))
     }
@@ -212,7 +243,8 @@ impl Sampler {
         starts: &[usize],
     ) -> usize {
         if self.at_end() {
-            self.rng.shuffle(&mut self.order);
+            self.epoch += 1;
+            self.order = self.order_of(self.epoch, self.order.len());
             self.cursor = 0;
         }
         let nb = batch.min(self.order.len() - self.cursor);
@@ -230,7 +262,7 @@ impl Sampler {
     }
 }
 
-/// A PSGD worker's local state: its optimizer, sampler and gradient buffer.
+/// A PSGD replica's local state: its optimizer, sampler and gradient buffer.
 pub struct PsgdLocal {
     optimizer: Option<Optimizer>,
     sampler: Sampler,
@@ -296,8 +328,34 @@ impl Multipass for PsgdJob {
     type Partial = WorkerPartial;
     type Local = PsgdLocal;
 
-    fn init_local(&self, _state: &PsgdState, ctx: &WorkerContext) -> PsgdLocal {
+    fn init_local(&self, _state: &PsgdState, ctx: &ReplicaContext) -> PsgdLocal {
         PsgdLocal { optimizer: None, sampler: Sampler::new(ctx), theta: Vec::new(), grad: Vec::new() }
+    }
+
+    fn save_local(&self, local: &PsgdLocal) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        (local.sampler.epoch, local.sampler.cursor as u64).encode(&mut out);
+        match &local.optimizer {
+            Some(o) => {
+                let (m, v, t) = o.moments();
+                (Some(Serde(o.spec())), m.to_vec(), v.to_vec(), t).encode(&mut out)
+            }
+            None => (None::<Serde<OptimizerSpec>>, Vec::<f32>::new(), Vec::<f32>::new(), 0i32).encode(&mut out),
+        }
+        Some(out)
+    }
+
+    fn restore_local(&self, state: &PsgdState, ctx: &ReplicaContext, saved: &[u8]) -> Result<PsgdLocal, String> {
+        type Saved = ((u64, u64), (Option<Serde<OptimizerSpec>>, Vec<f32>, Vec<f32>, i32));
+        let ((epoch, cursor), (spec, m, v, t)) = Saved::from_bytes(saved).map_err(|e| e.to_string())?;
+        let optimizer = match spec {
+            Some(Serde(spec)) => {
+                let n = Mlp::new(&state.spec.layers).map_err(|e| e.to_string())?.n_params();
+                Some(Optimizer::from_moments(spec, n, m, v, t).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        Ok(PsgdLocal { optimizer, sampler: Sampler::restored(ctx, epoch, cursor), theta: Vec::new(), grad: Vec::new() })
     }
 
     fn pass(&self, state: &PsgdState, local: &mut PsgdLocal, shards: &[Shard<'_, f32>]) -> WorkerPartial {
@@ -385,7 +443,7 @@ impl Payload for BspState {
     }
 }
 
-/// A BSP worker's local state: its sampler, gradient buffer and share of each batch.
+/// A BSP replica's local state: its sampler, gradient buffer and share of each batch.
 pub struct BspLocal {
     sampler: Sampler,
     grad: Vec<f32>,
@@ -427,8 +485,21 @@ impl Multipass for BspJob {
     type Partial = WorkerPartial;
     type Local = BspLocal;
 
-    fn init_local(&self, _state: &BspState, ctx: &WorkerContext) -> BspLocal {
-        BspLocal { sampler: Sampler::new(ctx), grad: Vec::new(), workers: ctx.workers as usize }
+    fn init_local(&self, _state: &BspState, ctx: &ReplicaContext) -> BspLocal {
+        BspLocal { sampler: Sampler::new(ctx), grad: Vec::new(), workers: ctx.replicas as usize }
+    }
+
+    fn save_local(&self, local: &BspLocal) -> Option<Vec<u8>> {
+        Some((local.sampler.epoch, local.sampler.cursor as u64).to_bytes())
+    }
+
+    fn restore_local(&self, _state: &BspState, ctx: &ReplicaContext, saved: &[u8]) -> Result<BspLocal, String> {
+        let (epoch, cursor) = <(u64, u64)>::from_bytes(saved).map_err(|e| e.to_string())?;
+        Ok(BspLocal {
+            sampler: Sampler::restored(ctx, epoch, cursor),
+            grad: Vec::new(),
+            workers: ctx.replicas as usize,
+        })
     }
 
     fn pass(&self, state: &BspState, local: &mut BspLocal, shards: &[Shard<'_, f32>]) -> WorkerPartial {

@@ -75,7 +75,7 @@ impl OptimizerSpec {
 }
 
 /// An update rule with its state for a parameter vector of fixed length.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Optimizer {
     spec: OptimizerSpec,
     m: Vec<f32>,
@@ -102,6 +102,24 @@ impl Optimizer {
     /// The rule.
     pub fn spec(&self) -> OptimizerSpec {
         self.spec
+    }
+
+    /// The moments and the step count: everything but the rule that a continued run needs.
+    pub fn moments(&self) -> (&[f32], &[f32], i32) {
+        (&self.m, &self.v, self.t)
+    }
+
+    /// An optimizer continuing from saved [`moments`](Self::moments). Fails if their lengths do not fit the rule
+    /// and `n` parameters.
+    pub fn from_moments(spec: OptimizerSpec, n: usize, m: Vec<f32>, v: Vec<f32>, t: i32) -> Result<Self> {
+        let adam = matches!(spec, OptimizerSpec::Adam { .. });
+        if m.len() != n || v.len() != if adam { n } else { 0 } || t < 0 {
+            return Err(MlError::Config {
+                what: "saved optimizer state",
+                detail: format!("{} and {} moments (step {t}) for {n} parameters of {spec:?}", m.len(), v.len()),
+            });
+        }
+        Ok(Optimizer { spec, m, v, t })
     }
 
     /// Applies one update with gradient `grad` (the mean over the batch) to `theta`.

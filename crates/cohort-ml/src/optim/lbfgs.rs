@@ -6,16 +6,25 @@
 //! is kept only if `sᵀy > ε‖s‖‖y‖`, which keeps the implicit Hessian positive definite. If the direction is not a
 //! descent direction, or the line search finds no decrease, the memory is dropped and the iteration retried along
 //! the steepest descent; if that fails too the run stops with [`StopReason::LineSearchFailed`] at the best point.
+//!
+//! [`Lbfgs::start`] and [`Lbfgs::step`] run it one iteration at a time on an [`LbfgsState`] (the iterate, the
+//! curvature pairs and the counters), which is serialisable: a run saved between two iterations and continued later
+//! — in another process — takes exactly the steps the uninterrupted run takes. Checkpoints are taken only at
+//! iteration boundaries, so the line search's progress is never saved: an iteration interrupted half-way is
+//! simply done again from its start, and since the search is a deterministic function of the state it tries the
+//! same points, at the price of the one or two rounds it had done.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
+use serde::{Deserialize, Serialize};
+
 use super::line_search::{self, Found, LineSearch};
-use super::{converged, Evaluator, IterRecord, Objective, OptimError, OptimResult, Point, Progress, Stop, StopReason};
+use super::{drive, Evaluator, IterRecord, Iterate, Objective, OptimError, OptimResult, Point, Stop, StopReason};
 use crate::kernels::{dot, norm};
 
 /// L-BFGS settings. `Default`: memory 10, [`Stop::default`], [`LineSearch::default`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Lbfgs {
     /// Number of `(s, y)` pairs kept; 0 gives steepest descent with the line search.
     pub memory: usize,
@@ -28,6 +37,33 @@ pub struct Lbfgs {
 impl Default for Lbfgs {
     fn default() -> Self {
         Lbfgs { memory: 10, stop: Stop::default(), line_search: LineSearch::default() }
+    }
+}
+
+/// A run of L-BFGS between two iterations: the iterate, the curvature memory and the counters. Everything the
+/// next iteration depends on is here, so it can be saved (serde) and the run continued bit-identically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LbfgsState {
+    /// The point, cost, gradient, counters and history.
+    pub iterate: Iterate,
+    /// The curvature pairs, oldest first.
+    pairs: VecDeque<Pair>,
+}
+
+impl LbfgsState {
+    /// Number of curvature pairs held.
+    pub fn memory_len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Why the run stopped, once it has.
+    pub fn stopped(&self) -> Option<StopReason> {
+        self.iterate.stop
+    }
+
+    /// The outcome so far.
+    pub fn result(&self) -> OptimResult {
+        self.iterate.result()
     }
 }
 
@@ -58,77 +94,104 @@ impl Lbfgs {
         O: Objective + ?Sized,
         F: FnMut(&IterRecord, &[f64]) -> ControlFlow<()>,
     {
-        self.stop.validate()?;
-        self.line_search.check().map_err(OptimError::Options)?;
-        let memory = self.memory;
-        let n = x0.len();
-        let mut eval = Evaluator::new(objective, n);
-        let mut progress = Progress::new(observer);
-        let mut current = eval.start(x0)?;
-        if let Some(stop) = progress.record(0, &current, eval.evaluations(), 0.0) {
-            return Ok(progress.finish(current, 0, eval.evaluations(), stop));
-        }
-        if norm(&current.g) <= self.stop.grad_tol {
-            return Ok(progress.finish(current, 0, eval.evaluations(), StopReason::GradientTolerance));
-        }
-
-        let mut pairs: VecDeque<Pair> = VecDeque::with_capacity(memory);
-        let mut iteration = 0;
-        let stop = loop {
-            if iteration >= self.stop.max_iterations {
-                break StopReason::MaxIterations;
-            }
-            if eval.evaluations() >= self.stop.max_evaluations {
-                break StopReason::MaxEvaluations;
-            }
-            let Some((next, step_len)) = self.step(&mut eval, &current, &mut pairs)? else {
-                break if eval.evaluations() >= self.stop.max_evaluations {
-                    StopReason::MaxEvaluations
-                } else {
-                    StopReason::LineSearchFailed
-                };
-            };
-            iteration += 1;
-            // Remember the curvature pair (s, y) if it keeps the Hessian approximation positive definite.
-            let s: Vec<f64> = next.x.iter().zip(&current.x).map(|(a, b)| a - b).collect();
-            let y: Vec<f64> = next.g.iter().zip(&current.g).map(|(a, b)| a - b).collect();
-            let sy = dot(&s, &y);
-            if memory > 0 && sy > f64::EPSILON * norm(&s) * norm(&y) {
-                if pairs.len() == memory {
-                    pairs.pop_front();
-                }
-                pairs.push_back(Pair { rho: 1.0 / sy, s, y });
-            }
-            let f_old = current.f;
-            current = next;
-            if let Some(stop) = progress.record(iteration, &current, eval.evaluations(), step_len) {
-                break stop;
-            }
-            if let Some(stop) = converged(&self.stop, f_old, &current) {
-                break stop;
-            }
-        };
-        Ok(progress.finish(current, iteration, eval.evaluations(), stop))
+        let mut state = self.start(objective, x0)?;
+        let LbfgsState { iterate, pairs } = &mut state;
+        drive(iterate, |it| self.iterate(it, pairs, objective), observer)?;
+        Ok(state.result())
     }
 
-    /// One iteration: direction, line search, and the retry along the steepest descent. `None` if no decrease
-    /// could be found (or the evaluation budget ran out first).
-    fn step<O: Objective + ?Sized>(
+    /// Evaluates the starting point `x0` (one evaluation) and returns the state before the first iteration
+    /// (stopped at once if `x0` is already optimal).
+    pub fn start<O: Objective + ?Sized>(
+        &self,
+        objective: &mut O,
+        x0: &[f64],
+    ) -> Result<LbfgsState, OptimError<O::Error>> {
+        self.stop.validate()?;
+        self.line_search.check().map_err(OptimError::Options)?;
+        let mut eval = Evaluator::new(objective, x0.len());
+        let p = eval.start(x0)?;
+        Ok(LbfgsState { iterate: Iterate::start(p, eval.evaluations(), &self.stop), pairs: VecDeque::new() })
+    }
+
+    /// One iteration: a direction, a line search along it, and the curvature pair of the step. Returns the new
+    /// record, or `None` if no step could be taken (the state then says why it stopped). The state changes only
+    /// when the iteration completes, so after an error it is still the state before this iteration.
+    pub fn step<O: Objective + ?Sized>(
+        &self,
+        state: &mut LbfgsState,
+        objective: &mut O,
+    ) -> Result<Option<IterRecord>, OptimError<O::Error>> {
+        if let Some(stop) = state.iterate.stop {
+            return Err(OptimError::Options(format!("the run has already stopped ({stop}); start a new one")));
+        }
+        self.stop.validate()?;
+        self.line_search.check().map_err(OptimError::Options)?;
+        if state.iterate.x.len() != state.iterate.gradient.len()
+            || state.pairs.iter().any(|p| p.s.len() != state.iterate.x.len() || p.y.len() != state.iterate.x.len())
+        {
+            return Err(OptimError::Options(
+                "the saved L-BFGS state is inconsistent (vectors of different lengths)".into(),
+            ));
+        }
+        let LbfgsState { iterate, pairs } = state;
+        self.iterate(iterate, pairs, objective)
+    }
+
+    fn iterate<O: Objective + ?Sized>(
+        &self,
+        it: &mut Iterate,
+        pairs: &mut VecDeque<Pair>,
+        objective: &mut O,
+    ) -> Result<Option<IterRecord>, OptimError<O::Error>> {
+        let current = it.point();
+        let mut eval = Evaluator::resume(objective, it.evaluations, current.clone());
+        let Some((next, step_len, keep_pairs)) = self.search(&mut eval, &current, pairs)? else {
+            it.evaluations = eval.evaluations();
+            it.stop = Some(if eval.evaluations() >= self.stop.max_evaluations {
+                StopReason::MaxEvaluations
+            } else {
+                StopReason::LineSearchFailed
+            });
+            return Ok(None);
+        };
+        if !keep_pairs {
+            pairs.clear();
+        }
+        // Remember the curvature pair (s, y) if it keeps the Hessian approximation positive definite.
+        let s: Vec<f64> = next.x.iter().zip(&current.x).map(|(a, b)| a - b).collect();
+        let y: Vec<f64> = next.g.iter().zip(&current.g).map(|(a, b)| a - b).collect();
+        let sy = dot(&s, &y);
+        if self.memory > 0 && sy > f64::EPSILON * norm(&s) * norm(&y) {
+            while pairs.len() >= self.memory {
+                pairs.pop_front();
+            }
+            pairs.push_back(Pair { rho: 1.0 / sy, s, y });
+        }
+        Ok(Some(it.accept(next, eval.evaluations(), step_len, &self.stop)))
+    }
+
+    /// Direction, line search, and the retry along the steepest descent (`false` in the result: the memory must
+    /// be dropped). `None` if no decrease could be found (or the evaluation budget ran out first). Does not change
+    /// `pairs`.
+    fn search<O: Objective + ?Sized>(
         &self,
         eval: &mut Evaluator<'_, O>,
         current: &Point,
-        pairs: &mut VecDeque<Pair>,
-    ) -> Result<Option<(Point, f64)>, OptimError<O::Error>> {
+        pairs: &VecDeque<Pair>,
+    ) -> Result<Option<Accepted>, OptimError<O::Error>> {
+        let empty = VecDeque::new();
+        let mut memory = pairs;
         loop {
-            let mut d = direction(&current.g, pairs);
+            let mut d = direction(&current.g, memory);
             let mut slope = dot(&current.g, &d);
             if !(slope.is_finite() && slope < 0.0) {
                 // Not a descent direction (rounding, or a pair that went stale): start over from the gradient.
-                pairs.clear();
+                memory = &empty;
                 d = current.g.iter().map(|v| -v).collect();
                 slope = -dot(&current.g, &current.g);
             }
-            let step0 = if pairs.is_empty() { (1.0 / norm(&current.g)).min(1.0) } else { 1.0 };
+            let step0 = if memory.is_empty() { (1.0 / norm(&current.g)).min(1.0) } else { 1.0 };
             let budget = self.stop.max_evaluations.saturating_sub(eval.evaluations());
             let mut trials: Vec<(f64, Point)> = Vec::new();
             let found = line_search::search(&self.line_search, current.f, slope, step0, budget, |step| {
@@ -149,10 +212,10 @@ impl Lbfgs {
                             evaluation: eval.evaluations(),
                         });
                     }
-                    if pairs.is_empty() || eval.evaluations() >= self.stop.max_evaluations {
+                    if memory.is_empty() || eval.evaluations() >= self.stop.max_evaluations {
                         return Ok(None);
                     }
-                    pairs.clear();
+                    memory = &empty;
                     continue;
                 }
             };
@@ -161,12 +224,16 @@ impl Lbfgs {
             };
             let point = trials.swap_remove(index).1;
             let len = step * norm(&d);
-            return Ok(Some((point, len)));
+            return Ok(Some((point, len, !memory.is_empty() || pairs.is_empty())));
         }
     }
 }
 
+/// A point the line search accepted, the step's length, and whether the memory survives.
+type Accepted = (Point, f64, bool);
+
 /// One curvature pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Pair {
     s: Vec<f64>,
     y: Vec<f64>,

@@ -12,7 +12,7 @@
 //! towards the best point and never goes that far again.
 
 /// Parameters of the line search.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LineSearch {
     /// Sufficient-decrease constant `c1` (Armijo), in (0, c2).
     pub c1: f64,

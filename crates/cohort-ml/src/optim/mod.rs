@@ -40,10 +40,11 @@ mod line_search;
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::ops::ControlFlow;
 
-pub use gd::GradientDescent;
-pub use lbfgs::Lbfgs;
+use serde::{Deserialize, Serialize};
+
+pub use gd::{GdState, GradientDescent};
+pub use lbfgs::{Lbfgs, LbfgsState};
 pub use line_search::LineSearch;
 
 use crate::kernels::norm;
@@ -81,7 +82,7 @@ impl<O: Objective + ?Sized> Objective for &mut O {
 }
 
 /// When to stop. The run stops at the first criterion met.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stop {
     /// Iterations (accepted steps) at most.
     pub max_iterations: usize,
@@ -89,7 +90,8 @@ pub struct Stop {
     pub max_evaluations: usize,
     /// Stop when the Euclidean norm of the gradient is at most this.
     pub grad_tol: f64,
-    /// Stop when an iteration changes the cost by at most `cost_tol · max(|f_old|, |f_new|, 1)`.
+    /// Stop when an iteration changes the cost by at most `cost_tol · max(|f_old|, |f_new|, 1)` (0 turns this test
+    /// off).
     pub cost_tol: f64,
 }
 
@@ -101,7 +103,13 @@ impl Default for Stop {
 }
 
 impl Stop {
-    fn validate<E>(&self) -> Result<(), OptimError<E>> {
+    /// The one stop policy of the training commands for an iteration budget: at most `iterations` iterations and
+    /// `20 × iterations` evaluations, with the default tolerances.
+    pub fn iterations(iterations: usize) -> Stop {
+        Stop { max_iterations: iterations, max_evaluations: iterations.saturating_mul(20).max(20), ..Stop::default() }
+    }
+
+    pub(crate) fn validate<E>(&self) -> Result<(), OptimError<E>> {
         if !(self.grad_tol >= 0.0 && self.cost_tol >= 0.0) {
             return Err(OptimError::Options(format!(
                 "tolerances must be ≥ 0 (grad_tol = {}, cost_tol = {})",
@@ -116,7 +124,7 @@ impl Stop {
 }
 
 /// Why a run stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopReason {
     /// [`Stop::max_iterations`] reached.
     MaxIterations,
@@ -147,7 +155,7 @@ impl fmt::Display for StopReason {
 }
 
 /// The state after one iteration (iteration 0: the starting point).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct IterRecord {
     /// Iteration number.
     pub iteration: usize,
@@ -257,6 +265,16 @@ impl<'o, O: Objective + ?Sized> Evaluator<'o, O> {
         Evaluator { objective, dim, evaluations: 0, cache: VecDeque::with_capacity(CACHE_POINTS) }
     }
 
+    /// An evaluator continuing a run at an iteration boundary: `evaluations` done so far, and the current point
+    /// known (so asking for it again costs nothing). The cache holds nothing else, so an iteration depends only on
+    /// the optimizer's saved state, never on what an earlier iteration happened to leave in the cache.
+    pub(crate) fn resume(objective: &'o mut O, evaluations: usize, current: Point) -> Self {
+        let mut cache = VecDeque::with_capacity(CACHE_POINTS);
+        let dim = current.x.len();
+        cache.push_back(current);
+        Evaluator { objective, dim, evaluations, cache }
+    }
+
     pub(crate) fn evaluations(&self) -> usize {
         self.evaluations
     }
@@ -297,41 +315,125 @@ impl<'o, O: Objective + ?Sized> Evaluator<'o, O> {
     }
 }
 
-/// Keeps the history, calls the observer and builds the result.
-pub(crate) struct Progress<F> {
-    history: Vec<IterRecord>,
-    observer: F,
-}
-
-impl<F: FnMut(&IterRecord, &[f64]) -> ControlFlow<()>> Progress<F> {
-    pub(crate) fn new(observer: F) -> Self {
-        Progress { history: Vec::new(), observer }
-    }
-
-    /// Records an iteration; `Some(StopReason::Observer)` if the observer asks to stop.
-    pub(crate) fn record(&mut self, iteration: usize, p: &Point, evaluations: usize, step: f64) -> Option<StopReason> {
-        let record = IterRecord { iteration, cost: p.f, grad_norm: norm(&p.g), evaluations, step };
-        self.history.push(record);
-        match (self.observer)(&record, &p.x) {
-            ControlFlow::Continue(()) => None,
-            ControlFlow::Break(()) => Some(StopReason::Observer),
-        }
-    }
-
-    pub(crate) fn finish(self, p: Point, iterations: usize, evaluations: usize, stop: StopReason) -> OptimResult {
-        OptimResult { x: p.x, cost: p.f, gradient: p.g, iterations, evaluations, stop, history: self.history }
-    }
-}
-
 /// The convergence tests shared by the optimizers, after an accepted step from `f_old` to `new`.
 pub(crate) fn converged(stop: &Stop, f_old: f64, new: &Point) -> Option<StopReason> {
     if norm(&new.g) <= stop.grad_tol {
         return Some(StopReason::GradientTolerance);
     }
-    if (f_old - new.f).abs() <= stop.cost_tol * f_old.abs().max(new.f.abs()).max(1.0) {
+    if stop.cost_tol > 0.0 && (f_old - new.f).abs() <= stop.cost_tol * f_old.abs().max(new.f.abs()).max(1.0) {
         return Some(StopReason::CostTolerance);
     }
     None
+}
+
+/// The budget tests made before every iteration: whether another one may start.
+pub(crate) fn budget_left(stop: &Stop, iteration: usize, evaluations: usize) -> Option<StopReason> {
+    if iteration >= stop.max_iterations {
+        Some(StopReason::MaxIterations)
+    } else if evaluations >= stop.max_evaluations {
+        Some(StopReason::MaxEvaluations)
+    } else {
+        None
+    }
+}
+
+/// The iterate an optimizer state is at, with the bookkeeping every optimizer keeps: serialisable, so a run can
+/// be checkpointed between iterations and continued bit-identically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Iterate {
+    /// The current point.
+    pub x: Vec<f64>,
+    /// Cost at `x`.
+    pub cost: f64,
+    /// Gradient at `x`.
+    pub gradient: Vec<f64>,
+    /// Iterations done.
+    pub iteration: usize,
+    /// Objective evaluations done.
+    pub evaluations: usize,
+    /// One record per iteration, iteration 0 (the starting point) first.
+    pub history: Vec<IterRecord>,
+    /// Why the run stopped, once it has.
+    pub stop: Option<StopReason>,
+}
+
+impl Iterate {
+    /// The iterate at the evaluated starting point: iteration 0 recorded, stopped at once if the gradient is
+    /// already below tolerance or no iteration is allowed.
+    pub(crate) fn start(p: Point, evaluations: usize, stop: &Stop) -> Iterate {
+        let record = IterRecord { iteration: 0, cost: p.f, grad_norm: norm(&p.g), evaluations, step: 0.0 };
+        let mut it =
+            Iterate { x: p.x, cost: p.f, gradient: p.g, iteration: 0, evaluations, history: vec![record], stop: None };
+        it.stop = if record.grad_norm <= stop.grad_tol {
+            Some(StopReason::GradientTolerance)
+        } else {
+            budget_left(stop, 0, evaluations)
+        };
+        it
+    }
+
+    /// The current point as the evaluator caches it.
+    pub(crate) fn point(&self) -> Point {
+        Point { x: self.x.clone(), f: self.cost, g: self.gradient.clone() }
+    }
+
+    /// Accepts `next` as iteration `iteration + 1`, records it and decides whether the run stops there.
+    pub(crate) fn accept(&mut self, next: Point, evaluations: usize, step_len: f64, stop: &Stop) -> IterRecord {
+        let f_old = self.cost;
+        self.iteration += 1;
+        self.evaluations = evaluations;
+        let record = IterRecord {
+            iteration: self.iteration,
+            cost: next.f,
+            grad_norm: norm(&next.g),
+            evaluations,
+            step: step_len,
+        };
+        self.history.push(record);
+        self.stop = converged(stop, f_old, &next).or_else(|| budget_left(stop, self.iteration, evaluations));
+        self.x = next.x;
+        self.cost = next.f;
+        self.gradient = next.g;
+        record
+    }
+
+    /// The last record.
+    pub fn last(&self) -> IterRecord {
+        *self.history.last().expect("iteration 0 is always recorded")
+    }
+
+    /// The outcome so far (`stop` is [`StopReason::MaxIterations`] if the run has not stopped yet).
+    pub fn result(&self) -> OptimResult {
+        OptimResult {
+            x: self.x.clone(),
+            cost: self.cost,
+            gradient: self.gradient.clone(),
+            iterations: self.iteration,
+            evaluations: self.evaluations,
+            stop: self.stop.unwrap_or(StopReason::MaxIterations),
+            history: self.history.clone(),
+        }
+    }
+}
+
+/// Runs `step` until the state stops, calling `observer` with every record (iteration 0 first); the observer may
+/// stop the run with `ControlFlow::Break(())`.
+pub(crate) fn drive<E>(
+    it: &mut Iterate,
+    mut step: impl FnMut(&mut Iterate) -> Result<Option<IterRecord>, OptimError<E>>,
+    mut observer: impl FnMut(&IterRecord, &[f64]) -> std::ops::ControlFlow<()>,
+) -> Result<(), OptimError<E>> {
+    if observer(&it.last(), &it.x).is_break() {
+        it.stop = Some(StopReason::Observer);
+    }
+    while it.stop.is_none() {
+        if let Some(record) = step(it)? {
+            if observer(&record, &it.x).is_break() {
+                it.stop = Some(StopReason::Observer);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

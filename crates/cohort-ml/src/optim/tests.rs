@@ -287,3 +287,37 @@ fn memory_zero_is_steepest_descent_with_line_search() {
     let r = lbfgs.minimize(&mut recorder(quadratic), &[0.0; 3]).unwrap();
     assert!(r.x.iter().enumerate().all(|(i, v)| (v - i as f64).abs() < 1e-6), "{r:?}");
 }
+
+#[test]
+fn a_run_saved_between_iterations_continues_bit_identically() {
+    let lbfgs = Lbfgs::new(Stop { max_iterations: 30, ..tight() });
+    let mut obj = recorder(rosenbrock);
+    let straight = lbfgs.minimize(&mut obj, &[-1.2, 1.0, 0.3]).unwrap();
+    let mut obj = recorder(rosenbrock);
+    let mut state = lbfgs.start(&mut obj, &[-1.2, 1.0, 0.3]).unwrap();
+    for _ in 0..7 {
+        lbfgs.step(&mut state, &mut obj).unwrap();
+    }
+    // "Save" through a byte encoding, continue with a fresh objective (a restarted master).
+    let bytes = postcard::to_allocvec(&state).unwrap();
+    let mut restored: LbfgsState = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(restored, state);
+    let mut obj = recorder(rosenbrock);
+    while restored.stopped().is_none() {
+        lbfgs.step(&mut restored, &mut obj).unwrap();
+    }
+    assert_eq!(restored.result(), straight);
+    assert!(matches!(lbfgs.step(&mut restored, &mut obj), Err(OptimError::Options(_))));
+
+    let gd = GradientDescent { step: 1e-3, stop: Stop { max_iterations: 40, ..tight() } };
+    let straight = gd.minimize(&mut recorder(quadratic), &[0.0; 4]).unwrap();
+    let mut state = gd.start(&mut recorder(quadratic), &[0.0; 4]).unwrap();
+    for _ in 0..13 {
+        gd.step(&mut state, &mut recorder(quadratic)).unwrap();
+    }
+    let mut restored: GdState = postcard::from_bytes(&postcard::to_allocvec(&state).unwrap()).unwrap();
+    while restored.stopped().is_none() {
+        gd.step(&mut restored, &mut recorder(quadratic)).unwrap();
+    }
+    assert_eq!(restored.result(), straight);
+}

@@ -1,10 +1,13 @@
-//! Configuring and starting a cluster: the [`ClusterBuilder`], and the parallel bootstrap of ssh hosts (connect,
-//! check the platform, install the binary) before any worker starts.
+//! Configuring and starting a cluster: the [`ClusterBuilder`]. It bootstraps the ssh hosts in parallel (connect,
+//! check the platform, install the binary), starts every worker through the [`Spawner`](super::launch), and hands
+//! them to the [`Cluster`], whose scheduler completes the handshakes.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use super::master::Cluster;
+use super::master::{Cluster, DriverConfig};
+use super::scheduler::{Config, Placement, Role};
+use super::spawn::{spare_slots, DataChannel, Spawner};
 use super::spec::{SshTarget, WorkerSpec};
 use super::ssh::{SshConfig, SshHost};
 use crate::wire::handshake::Secret;
@@ -13,53 +16,57 @@ use crate::{Error, Result};
 /// Configures and starts a [`Cluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
-    pub(super) specs: Vec<WorkerSpec>,
-    pub(super) program: Option<PathBuf>,
-    pub(super) expected_binary: Option<[u8; 32]>,
-    pub(super) heartbeat_interval: Duration,
-    pub(super) heartbeat_timeout: Duration,
-    pub(super) handshake_timeout: Duration,
-    pub(super) forward_stderr: bool,
-    pub(super) remote_binary: Option<PathBuf>,
-    pub(super) ssh: SshConfig,
-    pub(super) data_channel: DataChannel,
+    specs: Vec<WorkerSpec>,
+    servers: Vec<WorkerSpec>,
+    spares: Vec<WorkerSpec>,
+    program: Option<PathBuf>,
+    expected_binary: Option<[u8; 32]>,
+    heartbeat_interval: Duration,
+    heartbeat_timeout: Duration,
+    handshake_timeout: Duration,
+    forward_stderr: bool,
+    remote_binary: Option<PathBuf>,
+    ssh: SshConfig,
+    data_channel: DataChannel,
+    max_failures: usize,
+    respawn_local: bool,
+    replicas: Option<u32>,
+    placement: Placement,
+    stragglers: Vec<(usize, f32)>,
+    auto: bool,
+    launcher: Option<super::launch::Launcher>,
 }
 
-/// How the master and an ssh worker exchange frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DataChannel {
-    /// Over the ssh session's stdin/stdout: encrypted, no extra ports (the default).
-    #[default]
-    Stdio,
-    /// Over a direct TCP connection to a port the worker opens and announces over ssh; faster on trusted
-    /// networks, admitted only after the HMAC proof of the job secret.
-    Tcp,
-}
-
-impl std::str::FromStr for DataChannel {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "stdio" | "ssh" => Ok(DataChannel::Stdio),
-            "tcp" => Ok(DataChannel::Tcp),
-            other => Err(format!("unknown data channel {other:?}; expected stdio or tcp")),
-        }
-    }
-}
+/// Worker losses a cluster tolerates by default before it gives up.
+pub const DEFAULT_MAX_FAILURES: usize = 3;
+/// Default interval between a worker's heartbeats.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
+/// Default silence after which a worker is declared lost: a stopped or unreachable worker is noticed within this
+/// (plus a few milliseconds), while a busy one, whose heartbeats come from their own thread, never is.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Default for ClusterBuilder {
     fn default() -> Self {
         ClusterBuilder {
             specs: Vec::new(),
+            servers: Vec::new(),
+            spares: Vec::new(),
             program: None,
             expected_binary: None,
-            heartbeat_interval: Duration::from_millis(500),
-            heartbeat_timeout: Duration::from_secs(20),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             handshake_timeout: Duration::from_secs(60),
             forward_stderr: true,
             remote_binary: None,
             ssh: SshConfig::default(),
             data_channel: DataChannel::Stdio,
+            max_failures: DEFAULT_MAX_FAILURES,
+            respawn_local: true,
+            replicas: None,
+            placement: Placement::Weighted,
+            stragglers: Vec::new(),
+            auto: false,
+            launcher: None,
         }
     }
 }
@@ -68,6 +75,63 @@ impl ClusterBuilder {
     /// The worker groups to start.
     pub fn workers(mut self, specs: Vec<WorkerSpec>) -> Self {
         self.specs = specs;
+        self
+    }
+
+    /// Parameter-server processes to start beside the workers (same binary, local or ssh like workers), for
+    /// [`Cluster::train_ps`]. They hold no data; each run spreads its keys over them.
+    pub fn servers(mut self, specs: Vec<WorkerSpec>) -> Self {
+        self.servers = specs;
+        self
+    }
+
+    /// Workers kept in reserve: each replaces one lost remote worker (lost local workers are replaced by new local
+    /// processes unless [`respawn_local`](Self::respawn_local) is off). Spare ssh hosts are connected only when
+    /// needed.
+    pub fn spares(mut self, specs: Vec<WorkerSpec>) -> Self {
+        self.spares = specs;
+        self
+    }
+
+    /// How many workers may be lost before the cluster gives up (default 3). Past it, the operation in flight fails
+    /// with an error naming every loss, and the cluster refuses further work. 0 makes the first loss fatal.
+    pub fn max_failures(mut self, n: usize) -> Self {
+        self.max_failures = n;
+        self
+    }
+
+    /// Whether a lost local worker is replaced by a new local process (default on); off, its chunks go to the
+    /// surviving workers.
+    pub fn respawn_local(mut self, on: bool) -> Self {
+        self.respawn_local = on;
+        self
+    }
+
+    /// Model replicas of multipass sessions (default: the number of workers started). Fixing it makes model
+    /// averaging bit-identical for any number of worker processes.
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = Some(n.max(1) as u32);
+        self
+    }
+
+    /// How chunks are spread over workers (default: weighted by measured speed).
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Makes the `index`-th worker started (0-based) do every map and pass `factor` times as slowly, to study
+    /// stragglers reproducibly.
+    pub fn straggler(mut self, index: usize, factor: f32) -> Self {
+        self.stragglers.push((index, factor));
+        self
+    }
+
+    /// Chooses how many of the started workers to keep after the first map-reduce round: the round's compute per
+    /// chunk and overhead per worker predict the round time of every smaller count, the fastest is kept and the
+    /// other workers are retired (their chunks move). Results do not change. See [`Cluster::auto_choice`].
+    pub fn auto_workers(mut self, on: bool) -> Self {
+        self.auto = on;
         self
     }
 
@@ -84,13 +148,13 @@ impl ClusterBuilder {
         self
     }
 
-    /// How often workers send heartbeats (default 500 ms).
+    /// How often workers send heartbeats (default 250 ms).
     pub fn heartbeat_interval(mut self, d: Duration) -> Self {
         self.heartbeat_interval = d;
         self
     }
 
-    /// How long a worker may stay silent before it is declared stalled (default 20 s).
+    /// How long a worker may stay silent before it is declared lost (default 3 s).
     pub fn heartbeat_timeout(mut self, d: Duration) -> Self {
         self.heartbeat_timeout = d;
         self
@@ -133,6 +197,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Also takes workers from a launcher: as rank 0, the other ranks of a job that `srun`, `mpirun` or Kubernetes
+    /// started; or, inside a Slurm allocation, tasks of an `srun` step this cluster starts. They join after the
+    /// local and ssh workers, admitted over TCP after proving the launcher's job secret.
+    pub fn launcher(mut self, launcher: impl Into<super::launch::Launcher>) -> Self {
+        self.launcher = Some(launcher.into());
+        self
+    }
+
     /// Whether worker stderr lines are copied to the master's stderr, prefixed with the worker (default on).
     pub fn forward_stderr(mut self, on: bool) -> Self {
         self.forward_stderr = on;
@@ -159,13 +231,7 @@ impl ClusterBuilder {
         Ok(removed)
     }
 
-    /// Starts every worker, completes every handshake, and returns the running cluster. If any worker fails to
-    /// start, every worker already started (local or remote) is stopped before the error is returned.
-    pub fn start(self) -> Result<Cluster> {
-        let total: usize = self.specs.iter().map(WorkerSpec::slots).sum();
-        if total == 0 {
-            return Err(Error::NoWorkers);
-        }
+    fn spawner(&self) -> Result<Spawner> {
         let launch_err = |reason: String| Error::Launch { worker: "workers".into(), reason };
         let program = match &self.program {
             Some(p) => p.clone(),
@@ -176,71 +242,126 @@ impl ClusterBuilder {
                 .map_err(|e| launch_err(format!("cannot read worker program {}: {e}", p.display())))?,
             None => crate::wire::own_binary_sha256().map_err(|e| launch_err(e.to_string()))?,
         };
-        let local_expected = self.expected_binary.unwrap_or(program_hash);
-        let secret = Secret::generate();
-        let mut cluster = Cluster::empty(total, self.heartbeat_timeout);
+        let remote_hash = match &self.remote_binary {
+            Some(p) => crate::wire::binary_sha256(p)
+                .map_err(|e| launch_err(format!("cannot read --worker-binary {}: {e}", p.display())))?,
+            None => program_hash,
+        };
+        Ok(Spawner {
+            remote_binary: self.remote_binary.clone().unwrap_or_else(|| program.clone()),
+            program,
+            secret: match &self.launcher {
+                Some(l) => l.secret()?.unwrap_or_else(Secret::generate),
+                None => Secret::generate(),
+            },
+            local_expected: self.expected_binary.unwrap_or(program_hash),
+            remote_expected: self.expected_binary.unwrap_or(remote_hash),
+            remote_sha: hex::encode(remote_hash),
+            explicit_binary: self.remote_binary.is_some(),
+            forward_stderr: self.forward_stderr,
+            data_channel: self.data_channel,
+            handshake_timeout: self.handshake_timeout,
+            ssh: self.ssh.clone(),
+        })
+    }
 
-        // Remote hosts first: connecting and copying run in parallel, one thread per host.
-        let mut remote: Vec<(SshTarget, usize)> = Vec::new();
-        for spec in &self.specs {
+    /// Starts every worker, completes every handshake, and returns the running cluster. If any worker fails to
+    /// start, every worker already started (local or remote) is stopped before the error is returned.
+    pub fn start(self) -> Result<Cluster> {
+        let total: usize = self.specs.iter().map(WorkerSpec::slots).sum::<usize>()
+            + self.launcher.as_ref().map_or(0, super::launch::Launcher::workers);
+        if total == 0 {
+            return Err(Error::NoWorkers);
+        }
+        let spawner = self.spawner()?;
+        let spares = spare_slots(&self.spares);
+        let remote_spares = spares.iter().filter(|s| matches!(s, WorkerSpec::Ssh { .. })).count();
+        let local_spares = spares.len() - remote_spares;
+        let sched = Config {
+            heartbeat_timeout: self.heartbeat_timeout,
+            join_timeout: self.handshake_timeout,
+            max_failures: self.max_failures,
+            placement: self.placement,
+            respawn_local: self.respawn_local,
+            spares: remote_spares + local_spares,
+            replicas: self.replicas,
+        };
+        let driver = DriverConfig {
+            heartbeat_interval: self.heartbeat_interval,
+            stragglers: self.stragglers.clone(),
+            spares,
+            auto: self.auto,
+        };
+        let mut cluster = Cluster::new(spawner.clone(), driver, sched);
+
+        // Remote hosts first: connecting and copying run in parallel, one thread per host (servers' hosts too).
+        let mut remote: Vec<(SshTarget, usize, usize)> = Vec::new();
+        for (spec, server) in self.specs.iter().map(|s| (s, false)).chain(self.servers.iter().map(|s| (s, true))) {
             if let WorkerSpec::Ssh { target, slots } = spec {
-                match remote.iter_mut().find(|(t, _)| t == target) {
-                    Some((_, n)) => *n += slots,
-                    None => remote.push((target.clone(), *slots)),
+                let i = match remote.iter().position(|(t, ..)| t == target) {
+                    Some(i) => i,
+                    None => {
+                        remote.push((target.clone(), 0, 0));
+                        remote.len() - 1
+                    }
+                };
+                if server {
+                    remote[i].2 += slots;
+                } else {
+                    remote[i].1 += slots;
                 }
             }
         }
         if !remote.is_empty() {
-            let binary = self.remote_binary.clone().unwrap_or_else(|| program.clone());
-            let binary_hash = match &self.remote_binary {
-                Some(p) => crate::wire::binary_sha256(p)
-                    .map_err(|e| launch_err(format!("cannot read --worker-binary {}: {e}", p.display())))?,
-                None => program_hash,
-            };
-            let remote_expected = self.expected_binary.unwrap_or(binary_hash);
-            let hosts = bootstrap_hosts(&remote, &binary, &hex::encode(binary_hash), &self)?;
-            for (host, path, slots) in hosts {
-                let host_index = cluster.add_host(host);
-                for _ in 0..slots {
-                    cluster.spawn_remote(host_index, &path, &secret, remote_expected, &self)?;
+            let targets: Vec<(SshTarget, usize)> = remote.iter().map(|(t, w, s)| (t.clone(), w + s)).collect();
+            for ((host, path, _), (_, workers, servers)) in
+                bootstrap_hosts(&targets, &spawner)?.into_iter().zip(&remote)
+            {
+                for i in 0..workers + servers {
+                    let launched = spawner.remote(&host, &path).map_err(|reason| Error::Launch {
+                        worker: format!("a process on {}", host.target()),
+                        reason,
+                    })?;
+                    let role = if i < *workers { Role::Compute } else { Role::Server };
+                    cluster.add_as(launched, role)?;
                 }
+                cluster.add_host(host);
             }
         }
-        for spec in &self.specs {
+        for (spec, role) in
+            self.specs.iter().map(|s| (s, Role::Compute)).chain(self.servers.iter().map(|s| (s, Role::Server)))
+        {
             if let WorkerSpec::Local { count } = spec {
                 for _ in 0..*count {
-                    cluster.spawn_local(&program, &secret, local_expected, self.forward_stderr)?;
+                    let launched = spawner.local().map_err(|reason| Error::Launch {
+                        worker: format!("a local process ({})", spawner.program.display()),
+                        reason,
+                    })?;
+                    cluster.add_as(launched, role)?;
                 }
             }
         }
-        cluster.handshake_all(&secret, &self)?;
+        if let Some(launcher) = &self.launcher {
+            start_launcher(
+                &mut cluster,
+                launcher,
+                &spawner.secret,
+                spawner.local_expected,
+                &spawner.program,
+                self.heartbeat_interval,
+                self.forward_stderr,
+            )?;
+        }
+        cluster.start()?;
         Ok(cluster)
     }
 }
 
 /// Connects to every host, checks its platform and installs the worker binary, in parallel. Returns each host's
 /// connection, the remote path of the binary and the slot count, in the order given.
-fn bootstrap_hosts(
-    remote: &[(SshTarget, usize)],
-    binary: &std::path::Path,
-    sha: &str,
-    cfg: &ClusterBuilder,
-) -> Result<Vec<(SshHost, String, usize)>> {
-    let local = binary_platform(binary, cfg.remote_binary.is_some());
+fn bootstrap_hosts(remote: &[(SshTarget, usize)], spawner: &Spawner) -> Result<Vec<(SshHost, String, usize)>> {
     let results: Vec<std::result::Result<(SshHost, String), String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = remote
-            .iter()
-            .map(|(target, _)| {
-                let local = local.clone();
-                scope.spawn(move || {
-                    let host = SshHost::connect(target, &cfg.ssh)?;
-                    let info = host.probe(sha)?;
-                    check_platform(target, &info, &local)?;
-                    let path = host.install(binary, sha, &info)?;
-                    Ok((host, path))
-                })
-            })
-            .collect();
+        let handles: Vec<_> = remote.iter().map(|(target, _)| scope.spawn(move || spawner.bootstrap(target))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("bootstrap thread panicked".into()))).collect()
     });
     let mut hosts = Vec::new();
@@ -260,53 +381,55 @@ fn bootstrap_hosts(
     }
 }
 
-/// `(os, arch)` the worker binary runs on, lower-case as `uname` would say them (normalised).
-fn binary_platform(binary: &std::path::Path, explicit: bool) -> (String, String) {
-    if explicit {
-        // A user-supplied binary: read the ELF header's e_machine (offset 18).
-        let header = std::fs::read(binary).ok().and_then(|b| b.get(..20).map(<[u8]>::to_vec));
-        return match header {
-            Some(h) if h.starts_with(b"\x7fELF") => {
-                let arch = match u16::from_le_bytes([h[18], h[19]]) {
-                    0x3e => "x86_64",
-                    0xb7 => "aarch64",
-                    0x03 => "i686",
-                    0x28 => "arm",
-                    0xf3 => "riscv64",
-                    0x15 => "ppc64le",
-                    _ => "unknown",
-                };
-                ("linux".into(), arch.into())
-            }
-            // Not an ELF file (a wrapper script, say): nothing to check against.
-            _ => ("unknown".into(), "unknown".into()),
-        };
+/// Adds the launcher's workers to `cluster` (after its local and ssh workers): rank 0 admits the other ranks;
+/// a Slurm master starts `srun` and admits its tasks.
+fn start_launcher(
+    cluster: &mut Cluster,
+    launcher: &super::launch::Launcher,
+    secret: &Secret,
+    binary: [u8; 32],
+    program: &Path,
+    heartbeat_interval: Duration,
+    forward_stderr: bool,
+) -> crate::Result<()> {
+    let heartbeat_ms = heartbeat_interval.as_millis().clamp(1, u32::MAX as u128) as u32;
+    let base_id = cluster.next_worker_id();
+    let admitted = match launcher {
+        super::launch::Launcher::Ranks(r) => {
+            let master = &r.env.master;
+            let what = format!("rank 0 (port {}, {})", master.port, master.port_from);
+            let listener = super::launch::rank::listen(master.port, &what, &master.port_from)?;
+            let expect = super::launch::rank::Expect { first: 1, world: r.env.world, kind: "rank" };
+            let deadline = Instant::now() + r.timeout;
+            let admission =
+                super::launch::rank::Admission { expect, secret, binary, base_id, heartbeat_ms, deadline, what };
+            admission.run(listener, || Ok(()))?
+        }
+        super::launch::Launcher::Slurm(s) => {
+            let what = format!("the master of Slurm job {}", s.job_id);
+            let listener = super::launch::rank::listen(0, &what, "any free port")?;
+            let port = listener
+                .local_addr()
+                .map_err(|source| super::launch::LaunchError::Io { what: "reading the listening port".into(), source })?
+                .port();
+            let mut step = s.spawn(program, &format!("{}:{port}", s.master_host), secret, forward_stderr)?;
+            let expect = super::launch::rank::Expect { first: 0, world: s.tasks, kind: "slurm task" };
+            let deadline = Instant::now() + s.timeout;
+            let admission =
+                super::launch::rank::Admission { expect, secret, binary, base_id, heartbeat_ms, deadline, what };
+            let admitted = admission.run(listener, || step.check_running());
+            // Kept either way: on failure the cluster's drop stops it.
+            cluster.add_launcher(step);
+            admitted?
+        }
+    };
+    for a in admitted {
+        let place = format!("{} {} on {}, pid {}", a.kind, a.rank, a.hello.host, a.hello.pid);
+        let reader = a
+            .stream
+            .try_clone()
+            .map_err(|source| super::launch::LaunchError::Io { what: format!("setting up {place}"), source })?;
+        cluster.add_connected(place, Box::new(reader), Box::new(a.stream), a.hello)?;
     }
-    (std::env::consts::OS.to_string(), std::env::consts::ARCH.to_string())
-}
-
-fn normalise_arch(a: &str) -> &str {
-    match a {
-        "amd64" | "x64" => "x86_64",
-        "arm64" => "aarch64",
-        "i386" | "i486" | "i586" => "i686",
-        other => other,
-    }
-}
-
-fn check_platform(
-    target: &SshTarget,
-    info: &super::ssh::RemoteInfo,
-    local: &(String, String),
-) -> std::result::Result<(), String> {
-    let os = info.os.to_lowercase();
-    let arch = normalise_arch(&info.arch).to_string();
-    if local.0 == "unknown" || (os == local.0 && arch == normalise_arch(&local.1)) {
-        return Ok(());
-    }
-    Err(format!(
-        "{target} runs {} {} but the worker binary is built for {} {}: build cohort for that platform \
-         (e.g. cargo build --release --target {}-unknown-{}-gnu) and pass it with --worker-binary PATH",
-        info.os, info.arch, local.0, local.1, arch, os
-    ))
+    Ok(())
 }

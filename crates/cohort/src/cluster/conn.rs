@@ -19,10 +19,14 @@ pub(crate) enum EventKind {
     Closed(Option<WireError>),
 }
 
-/// An event tagged with the worker it came from.
-pub(crate) struct Event {
-    pub worker: usize,
-    pub kind: EventKind,
+/// What reaches the master's event loop.
+// Frames are the common case; boxing them would cost an allocation each to shrink the rare `Launched`.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Incoming {
+    /// Something happened on worker `worker`'s connection at `at`.
+    Conn { worker: usize, kind: EventKind, at: Instant },
+    /// A worker started in the background (a spare on another host) is ready, or could not be started.
+    Launched(Result<Box<super::spawn::Launched>, String>),
 }
 
 /// Byte counters shared by every connection of a cluster.
@@ -50,7 +54,7 @@ impl Conn {
         id: usize,
         reader: Box<dyn Read + Send>,
         writer: Box<dyn Write + Send>,
-        events: Sender<Event>,
+        events: Sender<Incoming>,
         counters: Arc<Counters>,
         epoch: Instant,
     ) -> std::io::Result<Conn> {
@@ -76,7 +80,7 @@ impl Conn {
                     Err(e) => EventKind::Closed(Some(e)),
                 };
                 let closed = matches!(kind, EventKind::Closed(_));
-                if revents.send(Event { worker: id, kind }).is_err() || closed {
+                if revents.send(Incoming::Conn { worker: id, kind, at: Instant::now() }).is_err() || closed {
                     return;
                 }
             }
@@ -132,7 +136,7 @@ fn write_loop(
     rx: Receiver<Outgoing>,
     mut w: BufWriter<Box<dyn Write + Send>>,
     counters: &Counters,
-    events: &Sender<Event>,
+    events: &Sender<Incoming>,
 ) {
     while let Ok(mut out) = rx.recv() {
         let n = (out.prefix.len() + out.payload.len()) as u64;
@@ -146,7 +150,8 @@ fn write_loop(
         // Flush only when nothing else is queued, so a burst of chunks goes out in large writes.
         let result = result.and_then(|_| if rx.is_empty() { w.flush() } else { Ok(()) });
         if let Err(e) = result {
-            let _ = events.send(Event { worker: id, kind: EventKind::Closed(Some(WireError::Io(e))) });
+            let kind = EventKind::Closed(Some(WireError::Io(e)));
+            let _ = events.send(Incoming::Conn { worker: id, kind, at: Instant::now() });
             return;
         }
         counters.sent.fetch_add(n, Ordering::Relaxed);

@@ -1,51 +1,32 @@
-//! The master: starts workers, loads datasets onto them, runs rounds and combines the partial results.
-//!
-//! All waiting goes through one event channel fed by the connections' reader threads, with a timeout: a worker
-//! whose connection closes is noticed at once, and one that goes silent (no frame, not even a heartbeat, for
-//! `heartbeat_timeout`) is declared stalled. Nothing here waits forever.
+//! The master's driver: [`Cluster`] owns the connections, processes and retained datasets, feeds the
+//! [`Scheduler`](super::scheduler) what happens on them, and carries out what it decides. Every operation (start-up,
+//! a load, a map-reduce round, a pass) runs the same event loop, [`Cluster::drive`], until the scheduler says it is
+//! done or failed. The loop always waits with a deadline the scheduler computes (heartbeat and join deadlines), so
+//! nothing here waits forever.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::marker::PhantomData;
-use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::builder::{ClusterBuilder, DataChannel};
-use super::conn::{Conn, Counters, Event, EventKind};
+use super::conn::{Conn, Counters, EventKind, Incoming};
 use super::process::WorkerProcess;
-
+use super::scheduler::{
+    Action, Config, DatasetSpec, Event, FailureRecord, Origin, Outcome, PsPlan, PsWorkerFigures, Role, Scheduler,
+    Source, WorkerId, WorkerReport,
+};
+use super::spawn::{Launched, Spawner};
+use super::spec::WorkerSpec;
 use super::ssh::SshHost;
-use crate::data::{assign_chunks, Dataset, Element};
+use crate::data::{Dataset, Element};
 use crate::job::{Contribution, MapReduce, Multipass};
 use crate::tree::Tree;
-use crate::wire::handshake::{MasterHandshake, Secret, WorkerHello};
+use crate::wire::handshake::MasterHandshake;
 use crate::wire::{ChunkMeta, DatasetId, ElemType, Message, Payload, WireError};
 use crate::{Error, Result};
-
-/// What the master knows about one worker.
-struct WorkerSlot {
-    label: String,
-    conn: Conn,
-    process: Option<WorkerProcess>,
-    hello: Option<WorkerHello>,
-    /// Binary hash this worker must present.
-    expected: [u8; 32],
-    /// Handshake state until the worker is accepted.
-    handshake: Option<MasterHandshake>,
-    /// For ssh workers on a TCP data channel: the session's stdin, held open so the worker lives.
-    _keepalive: Option<std::process::ChildStdin>,
-}
-
-/// Where a loaded dataset lives.
-#[derive(Debug, Clone)]
-struct Placement {
-    elem: ElemType,
-    chunks: u32,
-    ranges: Vec<Range<u32>>,
-}
 
 /// A handle to a dataset resident on the cluster's workers.
 #[derive(Debug)]
@@ -86,34 +67,162 @@ impl<T> DatasetHandle<T> {
 /// Traffic and work counters of a cluster.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Worker processes.
+    /// Live worker processes.
     pub workers: usize,
-    /// Map-reduce rounds completed.
+    /// Map-reduce rounds and passes completed.
     pub rounds: u64,
     /// Bytes written to workers, frame prefixes included.
     pub bytes_sent: u64,
     /// Bytes read from workers, heartbeats included.
     pub bytes_received: u64,
+    /// Workers lost (and replaced or worked around) so far.
+    pub failures: usize,
 }
 
-/// A running set of workers.
-pub struct Cluster {
-    workers: Vec<WorkerSlot>,
-    /// Open ssh connections; declared after `workers` so worker sessions close before their connection.
-    hosts: Vec<SshHost>,
-    events: Receiver<Event>,
-    events_tx: Sender<Event>,
-    counters: Arc<Counters>,
-    epoch: Instant,
-    datasets: HashMap<DatasetId, Placement>,
-    round: u64,
-    rounds_run: u64,
-    heartbeat_timeout: Duration,
-    broken: Option<String>,
-    sessions: u64,
+/// What `auto` worker selection decided after the first round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoChoice {
+    /// Workers the cluster started with (and measured the first round on).
+    pub started: usize,
+    /// Workers kept.
+    pub chose: usize,
+    /// Predicted round time for each candidate count, 1 ..= `started`.
+    pub predicted: Vec<(usize, Duration)>,
+    /// The measured first round.
+    pub measured: super::scheduler::RoundProfile,
 }
 
-/// A multipass session: identifies the worker-local states of the jobs run with it.
+/// What a parameter-server run reported to the driver.
+enum PsNote {
+    Progress(super::scheduler::PsProgressNote),
+    Fetched(Vec<f32>, Vec<Vec<u8>>),
+    Finished,
+}
+
+/// How to run [`Cluster::train_ps`].
+#[derive(Debug, Clone)]
+pub struct PsOptions {
+    /// When pulls are answered.
+    pub consistency: crate::ps::Consistency,
+    /// The servers' update rule (`sgd:LR`, `momentum:LR,MU`, `adagrad:LR`, `adam:LR`).
+    pub rule: String,
+    /// Mini-batch rows.
+    pub batch: usize,
+    /// Clocks (mini-batches) each worker runs.
+    pub clocks: u64,
+    /// Seed of the initial model and of the batch order.
+    pub seed: u64,
+    /// Servers holding each range (≥ 2 survives the loss of a server).
+    pub replication: usize,
+    /// Model block scheduling (dense models).
+    pub blocks: Option<crate::ps::BlockConfig>,
+    /// Each clock's compute takes a random factor in [1, 1 + jitter] longer (varying worker speed, for experiments).
+    pub jitter: f32,
+    /// Workers report progress every this many clocks (0: only at the end).
+    pub progress_every: u64,
+    /// Fetch the model this often during the run (for accuracy-over-time curves).
+    pub eval_every: Option<Duration>,
+}
+
+impl Default for PsOptions {
+    fn default() -> Self {
+        PsOptions {
+            consistency: crate::ps::Consistency::Bsp,
+            rule: "sgd:0.1".into(),
+            batch: 64,
+            clocks: 100,
+            seed: 42,
+            replication: 1,
+            blocks: None,
+            jitter: 0.0,
+            progress_every: 10,
+            eval_every: None,
+        }
+    }
+}
+
+/// Something that happened during [`Cluster::train_ps`].
+#[derive(Debug)]
+pub enum PsEvent<'a> {
+    /// A worker's progress since its last report.
+    Progress {
+        /// The worker's index in the run.
+        worker: u32,
+        /// Clocks it completed.
+        clock: u64,
+        /// Σ loss of the rows it trained on since its last report.
+        loss_sum: f64,
+        /// Rows classified correctly.
+        correct: u64,
+        /// Rows.
+        rows: u64,
+        /// Time it waited for pulls since its last report.
+        waited: Duration,
+        /// Time since the run started.
+        elapsed: Duration,
+    },
+    /// The model, fetched from the servers during the run.
+    Snapshot {
+        /// Time since the run started.
+        elapsed: Duration,
+        /// The parameters.
+        params: &'a [f32],
+    },
+}
+
+/// What a worker of a parameter-server run did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PsWorkerReport {
+    /// The worker.
+    pub worker: String,
+    /// Clocks it completed.
+    pub clocks: u64,
+    /// Whether it was lost during the run.
+    pub lost: bool,
+    /// Bytes of values and keys it pushed.
+    pub pushed_bytes: u64,
+    /// Bytes of values and keys it pulled.
+    pub pulled_bytes: u64,
+    /// Pushes and pulls it sent.
+    pub pushes: u64,
+    /// Pulls it sent.
+    pub pulls: u64,
+    /// Time it spent in the run.
+    pub busy: Duration,
+    /// Time it waited for pulls (barrier wait).
+    pub waited: Duration,
+}
+
+impl From<PsWorkerFigures> for PsWorkerReport {
+    fn from(f: PsWorkerFigures) -> Self {
+        PsWorkerReport {
+            worker: f.label,
+            clocks: f.clocks,
+            lost: f.lost,
+            pushed_bytes: f.pushed_bytes,
+            pulled_bytes: f.pulled_bytes,
+            pushes: f.pushes,
+            pulls: f.pulls,
+            busy: f.busy,
+            waited: f.waited,
+        }
+    }
+}
+
+/// The result of [`Cluster::train_ps`].
+#[derive(Debug, Clone)]
+pub struct PsOutcome {
+    /// The trained parameters.
+    pub params: Vec<f32>,
+    /// Each range's server metrics (staleness histogram, traffic, waits, updates), range order.
+    pub metrics: Vec<crate::ps::Metrics>,
+    /// Each worker's figures.
+    pub workers: Vec<PsWorkerReport>,
+    /// Wall time of the run.
+    pub wall: Duration,
+}
+
+/// A multipass session: identifies the replica-local states of the jobs run with it.
 #[derive(Debug)]
 pub struct Session {
     id: u64,
@@ -121,184 +230,582 @@ pub struct Session {
 }
 
 impl Session {
-    /// The seed handed to workers.
+    /// The seed handed to replicas.
     pub fn seed(&self) -> u64 {
         self.seed
     }
 }
 
+/// What a restarted master needs to continue a multipass session exactly: the seed, the number of replicas, the
+/// passes completed, and each replica's local state as [`Multipass::save_local`] encoded it after the last pass.
+/// Serialisable, so it can be written into a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionSnapshot {
+    /// Session seed.
+    pub seed: u64,
+    /// Number of replicas (0 until the first pass fixes it).
+    pub replicas: u32,
+    /// Passes completed.
+    pub passes: u64,
+    /// Each replica's saved local state (`None`: nothing saved, or no pass yet).
+    pub locals: Vec<Option<Vec<u8>>>,
+}
+
+/// A dataset the master can send chunks of again (to a replacement, or when chunks move).
+trait Shippable: Send + Sync {
+    fn chunk(&self, id: DatasetId, chunk: u32) -> (ChunkMeta, Vec<u8>);
+}
+
+impl<T: Element> Shippable for Dataset<T> {
+    fn chunk(&self, id: DatasetId, chunk: u32) -> (ChunkMeta, Vec<u8>) {
+        let rows = self.chunk_rows(chunk as usize);
+        let meta = ChunkMeta {
+            dataset: id,
+            elem: T::TYPE,
+            cols: self.cols() as u32,
+            total_chunks: self.chunks() as u32,
+            chunk,
+            first_row: rows.start as u64,
+            rows: rows.len() as u32,
+            has_labels: self.labels().is_some(),
+        };
+        let mut payload = Vec::with_capacity(rows.len() * (self.cols() + 1) * T::TYPE.size());
+        T::extend_le(&self.values()[rows.start * self.cols()..rows.end * self.cols()], &mut payload);
+        if let Some(labels) = self.labels() {
+            T::extend_le(&labels[rows], &mut payload);
+        }
+        (meta, payload)
+    }
+}
+
+/// The master's end of one worker.
+struct Slot {
+    label: String,
+    conn: Conn,
+    process: Option<WorkerProcess>,
+    /// Until the worker is admitted.
+    handshake: Option<MasterHandshake>,
+    /// For ssh workers on a TCP data channel: the session's stdin, held open so the worker lives.
+    _keepalive: Option<std::process::ChildStdin>,
+    /// A spare host's connection, opened for this worker; declared last so it closes after the session.
+    _host: Option<SshHost>,
+    /// Position in start order (for `straggler`).
+    index: usize,
+}
+
+/// Settings the driver applies itself.
+pub(super) struct DriverConfig {
+    pub heartbeat_interval: Duration,
+    /// `(start index, slowdown)` of workers to slow down.
+    pub stragglers: Vec<(usize, f32)>,
+    /// Spare slots for replacing lost remote workers.
+    pub spares: VecDeque<WorkerSpec>,
+    /// Choose the number of workers after the first round.
+    pub auto: bool,
+}
+
+/// A running set of workers.
+pub struct Cluster {
+    slots: BTreeMap<WorkerId, Slot>,
+    /// Open ssh connections; declared after `slots` so worker sessions close before their connection.
+    hosts: Vec<SshHost>,
+    /// Launcher processes that started several workers at once (`srun`), stopped after the workers.
+    launchers: Vec<super::launch::LauncherProcess>,
+    spawner: Spawner,
+    cfg: DriverConfig,
+    sched: Scheduler,
+    events: Receiver<Incoming>,
+    events_tx: Sender<Incoming>,
+    counters: Arc<Counters>,
+    epoch: Instant,
+    next_id: WorkerId,
+    started: usize,
+    shipped: HashMap<DatasetId, Arc<dyn Shippable>>,
+    /// Processes of retired workers, asked to exit.
+    retired: Vec<WorkerProcess>,
+    auto_choice: Option<AutoChoice>,
+    /// When liveness was last fed to the scheduler.
+    last_tick: Duration,
+    /// Failures already written to the log.
+    losses_reported: usize,
+    /// What a parameter-server run reported, for `train_ps` to take.
+    ps_inbox: VecDeque<PsNote>,
+    ps_runs: u64,
+    max_failures: usize,
+}
+
 impl Cluster {
     /// A cluster with no workers yet (the builder adds them).
-    pub(super) fn empty(capacity: usize, heartbeat_timeout: Duration) -> Cluster {
+    pub(super) fn new(spawner: Spawner, cfg: DriverConfig, sched: Config) -> Cluster {
         let (events_tx, events) = crossbeam_channel::unbounded();
+        let max_failures = sched.max_failures;
         Cluster {
-            workers: Vec::with_capacity(capacity),
+            slots: BTreeMap::new(),
             hosts: Vec::new(),
+            launchers: Vec::new(),
+            spawner,
+            cfg,
+            sched: Scheduler::new(sched),
             events,
             events_tx,
             counters: Arc::new(Counters::default()),
             epoch: Instant::now(),
-            datasets: HashMap::new(),
-            round: 0,
-            rounds_run: 0,
-            heartbeat_timeout,
-            broken: None,
-            sessions: 0,
+            next_id: 0,
+            started: 0,
+            shipped: HashMap::new(),
+            retired: Vec::new(),
+            auto_choice: None,
+            last_tick: Duration::ZERO,
+            losses_reported: 0,
+            ps_inbox: VecDeque::new(),
+            ps_runs: 0,
+            max_failures,
         }
     }
 
-    /// Keeps an ssh connection open for the cluster's lifetime; returns its index.
-    pub(super) fn add_host(&mut self, host: SshHost) -> usize {
+    /// Keeps an ssh connection open for the cluster's lifetime.
+    pub(super) fn add_host(&mut self, host: SshHost) {
         self.hosts.push(host);
-        self.hosts.len() - 1
     }
 
-    /// A builder; at least [`workers`](ClusterBuilder::workers) must be set.
-    pub fn builder() -> ClusterBuilder {
-        ClusterBuilder::default()
+    /// Keeps a launcher process (`srun`) for the cluster's lifetime: it explains lost workers and is stopped last.
+    pub(super) fn add_launcher(&mut self, launcher: super::launch::LauncherProcess) {
+        self.launchers.push(launcher);
     }
 
-    /// Number of workers.
+    /// The id the next worker will get.
+    pub(super) fn next_worker_id(&self) -> WorkerId {
+        self.next_id
+    }
+
+    /// Adds a worker whose connection is open and whose handshake has passed — a rank started by a launcher,
+    /// admitted by `launch::rank`. It has no process of ours; it joins the scheduler at once.
+    pub(super) fn add_connected(
+        &mut self,
+        place: String,
+        reader: Box<dyn std::io::Read + Send>,
+        writer: Box<dyn std::io::Write + Send>,
+        hello: crate::wire::handshake::WorkerHello,
+    ) -> Result<WorkerId> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let label = format!("worker {id} ({place})");
+        let conn = Conn::start(id, reader, writer, self.events_tx.clone(), Arc::clone(&self.counters), self.epoch)
+            .map_err(|e| Error::Launch { worker: label.clone(), reason: format!("cannot start I/O threads: {e}") })?;
+        let index = self.started;
+        self.started += 1;
+        self.slots.insert(
+            id,
+            Slot { label: label.clone(), conn, process: None, handshake: None, _keepalive: None, _host: None, index },
+        );
+        let now = self.now();
+        self.sched.step(
+            now,
+            Event::Started { worker: id, origin: Origin::Remote, label: label.clone(), role: Role::Compute },
+        );
+        self.sched.step(now, Event::Joined { worker: id, label, jobs: hello.jobs });
+        Ok(id)
+    }
+
+    /// A builder; at least [`workers`](super::ClusterBuilder::workers) must be set.
+    pub fn builder() -> super::ClusterBuilder {
+        super::ClusterBuilder::default()
+    }
+
+    /// Number of live workers.
     pub fn num_workers(&self) -> usize {
-        self.workers.len()
+        self.sched.live().len()
     }
 
-    /// Human-readable names of the workers, e.g. `worker 0 (local pid 4242)`.
+    /// Human-readable names of the live workers, e.g. `worker 0 (local pid 4242)`, in the order they started.
     pub fn worker_labels(&self) -> Vec<String> {
-        self.workers.iter().map(|w| w.label.clone()).collect()
+        self.sched.live().into_iter().map(|w| self.sched.label(w).to_string()).collect()
+    }
+
+    /// Names of the live parameter-server processes, e.g. `server 3 (local pid 4242)`.
+    pub fn server_labels(&self) -> Vec<String> {
+        self.sched.live_servers().into_iter().map(|w| self.sched.label(w).to_string()).collect()
     }
 
     /// Traffic counters so far.
     pub fn stats(&self) -> Stats {
         Stats {
-            workers: self.workers.len(),
-            rounds: self.rounds_run,
+            workers: self.num_workers(),
+            rounds: self.sched.rounds(),
             bytes_sent: self.counters.sent.load(Ordering::Relaxed),
             bytes_received: self.counters.received.load(Ordering::Relaxed),
+            failures: self.sched.failures().len(),
         }
     }
 
-    pub(super) fn spawn_local(
-        &mut self,
-        program: &std::path::Path,
-        secret: &Secret,
-        expected: [u8; 32],
-        forward: bool,
-    ) -> Result<()> {
-        let id = self.workers.len();
-        let (process, stdout, stdin) =
-            WorkerProcess::spawn_local(program, secret, format!("worker {id}"), forward).map_err(|e| {
-                Error::Launch { worker: format!("worker {id} (local {})", program.display()), reason: e.to_string() }
-            })?;
-        let label = format!("worker {id} (local pid {})", process.pid());
-        self.add_worker(label, Box::new(stdout), Box::new(stdin), process, expected, None)
+    /// Every worker lost so far, with when it was detected and when the work was whole again.
+    pub fn failures(&self) -> Vec<FailureRecord> {
+        self.sched.failures().to_vec()
     }
 
-    pub(super) fn spawn_remote(
-        &mut self,
-        host: usize,
-        path: &str,
-        secret: &Secret,
-        expected: [u8; 32],
-        cfg: &ClusterBuilder,
-    ) -> Result<()> {
-        let id = self.workers.len();
-        let target = self.hosts[host].target().clone();
-        let label = format!("worker {id} ({target})");
-        let launch = |reason: String| Error::Launch { worker: label.clone(), reason };
-        let listen = (cfg.data_channel == DataChannel::Tcp).then_some("0.0.0.0:0");
-        let (process, mut stdout, stdin) = self.hosts[host]
-            .spawn_worker(path, secret, format!("worker {id}"), cfg.forward_stderr, listen)
-            .map_err(|e| launch(format!("cannot start the ssh session: {e}")))?;
-        if cfg.data_channel == DataChannel::Stdio {
-            return self.add_worker(label, Box::new(stdout), Box::new(stdin), process, expected, None);
+    /// What each worker (lost ones included) holds and did: chunks, chunks computed, busy time.
+    pub fn worker_reports(&self) -> Vec<WorkerReport> {
+        self.sched.reports()
+    }
+
+    /// What automatic worker selection ([`ClusterBuilder::auto_workers`](super::ClusterBuilder::auto_workers))
+    /// decided, once the first round has run.
+    pub fn auto_choice(&self) -> Option<&AutoChoice> {
+        self.auto_choice.as_ref()
+    }
+
+    /// After the first round: predicts the round time for every worker count up to the current one from what the
+    /// round cost, keeps the fastest count (the lowest on ties within 2 %) and retires the other workers.
+    fn choose_workers(&mut self) {
+        let Some(profile) = self.sched.last_round().cloned() else { return };
+        self.cfg.auto = false;
+        let live = self.sched.live();
+        let predicted: Vec<(usize, Duration)> = (1..=live.len()).map(|n| (n, profile.predict(n))).collect();
+        let best = predicted.iter().map(|(_, t)| *t).min().unwrap_or_default();
+        let chose = predicted
+            .iter()
+            .find(|(_, t)| t.as_secs_f64() <= best.as_secs_f64() * 1.02)
+            .map_or(live.len(), |(n, _)| *n);
+        for &w in &live[chose..] {
+            self.sched.retire(w);
         }
-        // TCP data channel: the worker announces `COHORT-LISTEN <ip> <port>` on the ssh channel, then waits for
-        // us to connect; the connection is admitted only after the handshake's HMAC proof.
-        let mut process = process;
-        let line = super::ssh::read_line_with_timeout(&mut stdout, cfg.handshake_timeout).map_err(|e| {
-            let status = process.describe_exit(Duration::from_millis(500));
-            let tail = process.stderr_tail(Duration::from_millis(500)).join(" | ");
-            launch(format!("no listening port from the worker ({e}); ssh {status}; stderr: {tail}"))
-        })?;
-        let addr =
-            super::ssh::parse_listen_line(&line).ok_or_else(|| launch(format!("bad port announcement {line:?}")))?;
-        let stream = std::net::TcpStream::connect_timeout(&addr, cfg.ssh.connect_timeout)
-            .map_err(|e| launch(format!("cannot open the TCP data channel to {addr}: {e}")))?;
-        stream.set_nodelay(true).ok();
-        let reader = stream.try_clone().map_err(|e| launch(e.to_string()))?;
-        self.add_worker(label, Box::new(reader), Box::new(stream), process, expected, Some(stdin))
+        let _ = self.act();
+        tracing::info!(started = live.len(), chose, "automatic worker count");
+        self.auto_choice = Some(AutoChoice { started: live.len(), chose, predicted, measured: profile });
     }
 
-    fn add_worker(
-        &mut self,
-        label: String,
-        reader: Box<dyn std::io::Read + Send>,
-        writer: Box<dyn std::io::Write + Send>,
-        process: WorkerProcess,
-        expected: [u8; 32],
-        keepalive: Option<std::process::ChildStdin>,
-    ) -> Result<()> {
-        let id = self.workers.len();
-        let conn = Conn::start(id, reader, writer, self.events_tx.clone(), Arc::clone(&self.counters), self.epoch)
-            .map_err(|e| Error::Launch { worker: label.clone(), reason: format!("cannot start I/O threads: {e}") })?;
-        self.workers.push(WorkerSlot {
-            label,
-            conn,
-            process: Some(process),
-            hello: None,
-            expected,
-            handshake: None,
-            _keepalive: keepalive,
-        });
-        Ok(())
+    /// The instant the cluster's clock counts from ([`FailureRecord`] times are relative to it).
+    pub fn epoch(&self) -> Instant {
+        self.epoch
     }
 
-    pub(super) fn handshake_all(&mut self, secret: &Secret, cfg: &ClusterBuilder) -> Result<()> {
-        for w in &mut self.workers {
-            let hs = MasterHandshake::new(secret.clone(), w.expected);
-            w.conn.send(&hs.hello(), Arc::new(Vec::new()))?;
-            w.handshake = Some(hs);
-        }
-        let deadline = Instant::now() + cfg.handshake_timeout;
-        let mut pending: BTreeSet<usize> = (0..self.workers.len()).collect();
-        let hb_ms = cfg.heartbeat_interval.as_millis().clamp(1, u32::MAX as u128) as u32;
-        while let Some(&first) = pending.first() {
-            let (w, msg, _) =
-                self.next_event(Some(deadline), || "the handshakes".to_string()).map_err(|e| match e {
-                    Error::Timeout { after, .. } => {
-                        Error::Timeout { what: format!("the handshake of {}", self.workers[first].label), after }
-                    }
-                    e => e,
-                })?;
-            if !pending.remove(&w) {
-                continue;
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    // ----- workers -------------------------------------------------------------------------------------------------
+
+    /// Adds a started worker: opens its connection threads, sends `Hello`, tells the scheduler.
+    pub(super) fn add(&mut self, launched: Launched) -> Result<WorkerId> {
+        self.add_as(launched, Role::Compute)
+    }
+
+    /// Adds a started process in `role` (a compute worker or a parameter server).
+    pub(super) fn add_as(&mut self, launched: Launched, role: Role) -> Result<WorkerId> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let kind = if role == Role::Server { "server" } else { "worker" };
+        let label = format!("{kind} {id} ({})", launched.place);
+        let conn = Conn::start(
+            id,
+            launched.reader,
+            launched.writer,
+            self.events_tx.clone(),
+            Arc::clone(&self.counters),
+            self.epoch,
+        )
+        .map_err(|e| Error::Launch { worker: label.clone(), reason: format!("cannot start I/O threads: {e}") })?;
+        let hs = MasterHandshake::new(self.spawner.secret.clone(), launched.expected);
+        conn.send(&hs.hello(), Arc::new(Vec::new()))?;
+        let index = self.started;
+        self.started += 1;
+        self.slots.insert(
+            id,
+            Slot {
+                label: label.clone(),
+                conn,
+                process: Some(launched.process),
+                handshake: Some(hs),
+                _keepalive: launched.keepalive,
+                _host: launched.host,
+                index,
+            },
+        );
+        self.sched.step(self.now(), Event::Started { worker: id, origin: launched.origin, label, role });
+        Ok(id)
+    }
+
+    /// Starts a replacement worker (the scheduler asked for one).
+    fn spawn(&mut self, origin: Origin) {
+        let spawner = self.spawner.clone();
+        match origin {
+            Origin::Local => {
+                let result = spawner.local();
+                self.launched(result.map(Box::new));
             }
-            let slot = &mut self.workers[w];
-            let hs = slot.handshake.take().expect("every pending worker has a handshake");
-            match hs.on_reply(msg, w as u32, hb_ms) {
-                Ok((welcome, hello)) => {
-                    slot.conn.send(&welcome, Arc::new(Vec::new()))?;
-                    if !slot.label.contains("local pid") {
-                        slot.label = format!("{}, pid {})", slot.label.trim_end_matches(')'), hello.pid);
-                    }
-                    slot.hello = Some(hello);
+            Origin::Remote => {
+                let Some(spec) = self.cfg.spares.pop_front() else {
+                    self.sched.step(self.now(), Event::SpawnFailed { reason: "no spare worker left".into() });
+                    return;
+                };
+                if matches!(spec, WorkerSpec::Local { .. }) {
+                    let result = spawner.local();
+                    self.launched(result.map(Box::new));
+                    return;
                 }
-                Err((source, reject)) => {
-                    if let Some(reject) = reject {
-                        let _ = slot.conn.send(&reject, Arc::new(Vec::new()));
-                    }
-                    return Err(Error::Handshake { worker: slot.label.clone(), source });
+                // Connecting and installing on a new host takes seconds: do it aside, the loop goes on.
+                let tx = self.events_tx.clone();
+                let spawned = std::thread::Builder::new().name("cohort-spare".into()).spawn(move || {
+                    let _ = tx.send(Incoming::Launched(spawner.spare(&spec).map(Box::new)));
+                });
+                if let Err(e) = spawned {
+                    let reason = format!("cannot start a thread: {e}");
+                    self.sched.step(self.now(), Event::SpawnFailed { reason });
                 }
             }
         }
-        Ok(())
     }
+
+    fn launched(&mut self, result: std::result::Result<Box<Launched>, String>) {
+        match result {
+            Ok(l) => {
+                if let Err(e) = self.add(*l) {
+                    self.sched.step(self.now(), Event::SpawnFailed { reason: e.to_string() });
+                }
+            }
+            Err(reason) => self.sched.step(self.now(), Event::SpawnFailed { reason }),
+        }
+    }
+
+    /// Completes every started worker's handshake.
+    pub(super) fn start(&mut self) -> Result<()> {
+        self.sched.start(self.now());
+        match self.drive()? {
+            Outcome::Started => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    // ----- the event loop ------------------------------------------------------------------------------------------
+
+    /// Carries out the scheduler's actions and feeds it events until the operation in flight ends.
+    fn drive(&mut self) -> Result<Outcome> {
+        loop {
+            if let Some(outcome) = self.drive_until(None, |_| false)? {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// The event loop: carries out actions and feeds events until the operation ends (`Some`) or `ready` holds
+    /// (`None`); also wakes at `wake`.
+    fn drive_until(&mut self, wake: Option<Instant>, mut ready: impl FnMut(&Self) -> bool) -> Result<Option<Outcome>> {
+        loop {
+            if let Some(result) = self.act() {
+                return result.map(Some);
+            }
+            if ready(self) {
+                return Ok(None);
+            }
+            let now = self.now();
+            let mut wait = self
+                .sched
+                .next_deadline()
+                .map_or(Duration::from_millis(500), |d| d.saturating_sub(now))
+                .min(Duration::from_millis(500));
+            if let Some(w) = wake {
+                wait = wait.min(w.saturating_duration_since(Instant::now()));
+            }
+            match self.events.recv_timeout(wait) {
+                Ok(incoming) => {
+                    self.feed(incoming);
+                    while let Ok(incoming) = self.events.try_recv() {
+                        self.feed(incoming);
+                    }
+                    // Liveness matters only at deadlines: between them, feed it now and then, not per frame.
+                    if self.epoch.elapsed().saturating_sub(self.last_tick) >= Duration::from_millis(50) {
+                        self.tick();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.tick(),
+                Err(RecvTimeoutError::Disconnected) => unreachable!("the cluster holds a sender"),
+            }
+        }
+    }
+
+    /// Feeds everything that has arrived, then the workers' liveness and the time.
+    fn pump(&mut self) {
+        while let Ok(incoming) = self.events.try_recv() {
+            self.feed(incoming);
+        }
+        self.tick();
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        self.last_tick = now;
+        for (&id, slot) in &self.slots {
+            if slot.handshake.is_none() {
+                let at = slot.conn.last_seen().saturating_duration_since(self.epoch);
+                self.sched.step(now, Event::Seen { worker: id, at });
+            }
+        }
+        self.sched.step(now, Event::Tick);
+    }
+
+    /// Carries out queued actions (and those they cause) in order; returns the operation's result once it is done
+    /// or failed.
+    fn act(&mut self) -> Option<Result<Outcome>> {
+        let mut result = None;
+        loop {
+            self.report_losses();
+            let actions: Vec<Action> = self.sched.actions().collect();
+            if actions.is_empty() {
+                return result;
+            }
+            for action in actions {
+                match action {
+                    Action::Send { worker, message, payload } => self.send(worker, &message, payload),
+                    Action::Ship { worker, dataset, chunks, req } => self.ship(worker, dataset, &chunks, req),
+                    Action::Kill { worker } => self.kill(worker),
+                    Action::Retire { worker } => self.retire(worker),
+                    Action::Spawn { origin } => self.spawn(origin),
+                    Action::PsProgress(p) => self.ps_inbox.push_back(PsNote::Progress(p)),
+                    Action::PsFetched { params, metrics } => self.ps_inbox.push_back(PsNote::Fetched(params, metrics)),
+                    Action::PsFinished => self.ps_inbox.push_back(PsNote::Finished),
+                    Action::Done(outcome) => {
+                        result.get_or_insert(Ok(outcome));
+                    }
+                    Action::Fail(error) => {
+                        result.get_or_insert(Err(error));
+                    }
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, incoming: Incoming) {
+        let (worker, kind, at) = match incoming {
+            Incoming::Launched(result) => return self.launched(result),
+            Incoming::Conn { worker, kind, at } => (worker, kind, at),
+        };
+        let at = at.saturating_duration_since(self.epoch);
+        let Some(slot) = self.slots.get_mut(&worker) else { return }; // killed: its last words are moot
+        match kind {
+            EventKind::Frame(frame) => {
+                if let Some(hs) = slot.handshake.take() {
+                    let hb_ms = self.cfg.heartbeat_interval.as_millis().clamp(1, u32::MAX as u128) as u32;
+                    match hs.on_reply(frame.message, worker as u32, hb_ms) {
+                        Ok((welcome, hello)) => {
+                            let _ = slot.conn.send(&welcome, Arc::new(Vec::new()));
+                            if !slot.label.contains("local pid") {
+                                slot.label = format!("{}, pid {})", slot.label.trim_end_matches(')'), hello.pid);
+                            }
+                            if let Some((_, slowdown)) = self.cfg.stragglers.iter().find(|(i, _)| *i == slot.index) {
+                                let _ = slot.conn.send(&Message::Configure { slowdown: *slowdown }, Arc::new(vec![]));
+                            }
+                            let label = slot.label.clone();
+                            self.sched.step(at, Event::Joined { worker, label, jobs: hello.jobs });
+                        }
+                        Err((source, reject)) => {
+                            if let Some(reject) = reject {
+                                let _ = slot.conn.send(&reject, Arc::new(Vec::new()));
+                            }
+                            let error = Error::Handshake { worker: slot.label.clone(), source };
+                            self.sched.step(at, Event::Rejected { worker, error });
+                        }
+                    }
+                    return;
+                }
+                if !matches!(frame.message, Message::Heartbeat) {
+                    self.sched.step(at, Event::Frame { worker, message: frame.message, payload: frame.payload });
+                }
+            }
+            EventKind::Closed(err) => {
+                let error = self.died(worker, err);
+                self.sched.step(at, Event::Closed { worker, error });
+            }
+        }
+    }
+
+    fn send(&mut self, worker: WorkerId, message: &Message, payload: Arc<Vec<u8>>) {
+        if let Some(slot) = self.slots.get(&worker) {
+            if let Err(e) = slot.conn.send(message, payload) {
+                // Only a header that cannot be encoded fails here: a bug, reported as that worker's loss.
+                let error =
+                    Error::Protocol { worker: slot.label.clone(), detail: format!("cannot encode a frame: {e}") };
+                self.sched.step(self.now(), Event::Closed { worker, error });
+            }
+        }
+    }
+
+    fn ship(&mut self, worker: WorkerId, dataset: DatasetId, chunks: &[std::ops::Range<u32>], req: u64) {
+        let Some(data) = self.shipped.get(&dataset).cloned() else { return };
+        for c in chunks.iter().cloned().flatten() {
+            let (meta, payload) = data.chunk(dataset, c);
+            self.send(worker, &Message::LoadChunk(meta), Arc::new(payload));
+        }
+        self.send(worker, &Message::LoadDone { req, dataset }, Arc::new(Vec::new()));
+    }
+
+    /// Removes a worker for good: its connection closes and its process is killed.
+    fn kill(&mut self, worker: WorkerId) {
+        if let Some(mut slot) = self.slots.remove(&worker) {
+            slot.conn.close();
+            slot._keepalive = None;
+            drop(slot.process.take()); // kills it if it still runs
+        }
+    }
+
+    /// Says on the log (stderr for the command line) which workers were lost since the last call, and that the
+    /// job goes on without them.
+    fn report_losses(&mut self) {
+        let failures = self.sched.failures();
+        for f in &failures[self.losses_reported.min(failures.len())..] {
+            tracing::warn!(
+                "lost {} ({}): {}; recovering (loss {} of at most {})",
+                f.worker,
+                f.during,
+                f.cause,
+                failures.len(),
+                self.max_failures
+            );
+        }
+        self.losses_reported = failures.len();
+    }
+
+    /// Asks a retired worker to exit; its process is reaped when the cluster stops.
+    fn retire(&mut self, worker: WorkerId) {
+        if let Some(mut slot) = self.slots.remove(&worker) {
+            let _ = slot.conn.send(&Message::Shutdown, Arc::new(Vec::new()));
+            slot.conn.close();
+            self.retired.extend(slot.process.take());
+        }
+    }
+
+    /// The error for a worker whose connection ended: exit status and stderr tail.
+    fn died(&mut self, worker: WorkerId, err: Option<WireError>) -> Error {
+        let Some(slot) = self.slots.get_mut(&worker) else {
+            return Error::WorkerDied {
+                worker: format!("worker {worker}"),
+                status: "gone".into(),
+                stderr_tail: vec![],
+            };
+        };
+        let (mut status, stderr_tail) = match &mut slot.process {
+            Some(p) => (p.describe_exit(Duration::from_millis(300)), p.stderr_tail(Duration::from_millis(200))),
+            None => super::launch::lost_connection(&mut self.launchers),
+        };
+        match err {
+            None | Some(WireError::Truncated) => {}
+            Some(WireError::Io(e)) => status = format!("{status} (connection error: {e})"),
+            Some(e) => {
+                status = format!(
+                    "{status}; it wrote bytes that are not cohort frames ({e}) — does the worker program call \
+                     cohort::worker::run_if_worker at the start of main, before printing anything?"
+                )
+            }
+        }
+        Error::WorkerDied { worker: slot.label.clone(), status, stderr_tail }
+    }
+
+    // ----- data ----------------------------------------------------------------------------------------------------
 
     /// Sends a dataset's chunks to the workers (contiguous chunk ranges, as even as possible) and waits until they
-    /// are resident. Loading the same dataset again is free: it is identified by content hash.
+    /// are resident. Loading the same dataset again is free: it is identified by content hash. The cluster keeps a
+    /// reference to the data (a cheap clone) to send chunks again if a worker is lost, until
+    /// [`unload`](Self::unload).
     pub fn load<T: Element>(&mut self, dataset: &Dataset<T>) -> Result<DatasetHandle<T>> {
-        self.check_usable()?;
         let id = dataset.id();
         let handle = DatasetHandle {
             id,
@@ -307,72 +814,52 @@ impl Cluster {
             chunks: dataset.chunks(),
             _elem: PhantomData,
         };
-        if self.datasets.contains_key(&id) {
+        if self.sched.has_dataset(&id) {
             return Ok(handle);
         }
-        let chunks = dataset.chunks() as u32;
-        let ranges: Vec<Range<u32>> = assign_chunks(dataset.chunks(), self.workers.len())
-            .into_iter()
-            .map(|r| r.start as u32..r.end as u32)
-            .collect();
-        let mut pending = BTreeSet::new();
-        for (w, range) in ranges.iter().enumerate() {
-            if range.is_empty() {
-                continue;
-            }
-            for chunk in range.clone() {
-                let rows = dataset.chunk_rows(chunk as usize);
-                let meta = ChunkMeta {
-                    dataset: id,
-                    elem: T::TYPE,
-                    cols: dataset.cols() as u32,
-                    total_chunks: chunks,
-                    chunk,
-                    first_row: rows.start as u64,
-                    rows: rows.len() as u32,
-                    has_labels: dataset.labels().is_some(),
-                };
-                let mut payload = Vec::with_capacity((rows.len() * (dataset.cols() + 1)) * T::TYPE.size());
-                T::extend_le(&dataset.values()[rows.start * dataset.cols()..rows.end * dataset.cols()], &mut payload);
-                if let Some(labels) = dataset.labels() {
-                    T::extend_le(&labels[rows.clone()], &mut payload);
-                }
-                self.workers[w].conn.send(&Message::LoadChunk(meta), Arc::new(payload))?;
-            }
-            self.workers[w].conn.send(&Message::LoadDone { dataset: id }, Arc::new(Vec::new()))?;
-            pending.insert(w);
-        }
-        self.wait_loaded(id, pending, "datasets to load")?;
-        self.datasets.insert(id, Placement { elem: T::TYPE, chunks, ranges });
+        self.shipped.insert(id, Arc::new(dataset.clone()));
+        let spec = DatasetSpec {
+            id,
+            elem: T::TYPE,
+            rows: dataset.rows() as u64,
+            chunks: dataset.chunks() as u32,
+            source: Source::Shipped,
+        };
+        self.load_spec(spec)?;
         Ok(handle)
     }
 
+    fn load_spec(&mut self, spec: DatasetSpec) -> Result<()> {
+        let id = spec.id;
+        self.pump();
+        self.sched.load(self.now(), spec);
+        match self.drive() {
+            Ok(Outcome::Loaded) => Ok(()),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => {
+                self.sched.unload(&id);
+                self.shipped.remove(&id);
+                let _ = self.act();
+                Err(e)
+            }
+        }
+    }
+
     /// Has every worker load its chunks of a dataset stored in files it can read at the same path (a shared
-    /// filesystem): the master reads no data, only worker 0 reads the headers. `chunks` defaults to
+    /// filesystem): the master reads no data, only one worker reads the headers. `chunks` defaults to
     /// [`default_chunk_count`](crate::data::default_chunk_count) of the row count, as for an in-memory dataset, so
-    /// results match [`load`](Self::load) of the same data bit for bit.
+    /// results match [`load`](Self::load) of the same data bit for bit. A lost worker's chunks are read again by
+    /// their new owner.
     pub fn load_files<T: Element>(
         &mut self,
         source: &crate::data::loaders::FileSource,
         chunks: Option<usize>,
     ) -> Result<DatasetHandle<T>> {
-        self.check_usable()?;
-        self.workers[0].conn.send(&Message::Describe { source: source.clone() }, Arc::new(Vec::new()))?;
-        let (rows, cols, fingerprint) = loop {
-            let (w, msg, _) = self.next_event(None, || "the description of a file source".into())?;
-            match msg {
-                Message::Described { rows, cols, fingerprint } if w == 0 => {
-                    break (rows as usize, cols as usize, fingerprint)
-                }
-                Message::Failed { error, .. } if w == 0 => {
-                    return Err(Error::JobFailed {
-                        job: "load".into(),
-                        worker: self.workers[0].label.clone(),
-                        message: error,
-                    })
-                }
-                _ => {}
-            }
+        self.pump();
+        self.sched.describe(self.now(), source.clone());
+        let (rows, cols, fingerprint) = match self.drive()? {
+            Outcome::Described { rows, cols, fingerprint } => (rows as usize, cols as usize, fingerprint),
+            other => return Err(unexpected(other)),
         };
         if rows == 0 || cols == 0 {
             return Err(crate::data::DataError::Empty { rows, cols }.into());
@@ -391,127 +878,126 @@ impl Cluster {
             h.finalize().into()
         };
         let handle = DatasetHandle { id, rows, cols, chunks, _elem: PhantomData };
-        if self.datasets.contains_key(&id) {
-            return Ok(handle);
+        if !self.sched.has_dataset(&id) {
+            let source = Source::Files { source: source.clone(), fingerprint };
+            self.load_spec(DatasetSpec { id, elem: T::TYPE, rows: rows as u64, chunks: chunks as u32, source })?;
         }
-        let ranges: Vec<Range<u32>> =
-            assign_chunks(chunks, self.workers.len()).into_iter().map(|r| r.start as u32..r.end as u32).collect();
-        let mut pending = BTreeSet::new();
-        for (w, range) in ranges.iter().enumerate() {
-            if range.is_empty() {
-                continue;
-            }
-            let msg = Message::LoadSource {
-                dataset: id,
-                source: source.clone(),
-                elem: T::TYPE,
-                fingerprint,
-                rows: rows as u64,
-                total_chunks: chunks as u32,
-                first_chunk: range.start,
-                end_chunk: range.end,
-            };
-            self.workers[w].conn.send(&msg, Arc::new(Vec::new()))?;
-            pending.insert(w);
-        }
-        self.wait_loaded(id, pending, "workers to load their chunks from files")?;
-        self.datasets.insert(id, Placement { elem: T::TYPE, chunks: chunks as u32, ranges });
         Ok(handle)
     }
 
-    /// Frees a dataset on every worker.
+    /// Frees a dataset on every worker (and the master's copy).
     pub fn unload<T>(&mut self, handle: DatasetHandle<T>) -> Result<()> {
-        if self.datasets.remove(&handle.id).is_some() {
-            self.broadcast(&Message::DropDataset { dataset: handle.id })?;
-        }
+        self.sched.unload(&handle.id);
+        self.shipped.remove(&handle.id);
+        self.act();
         Ok(())
     }
 
+    fn check_elem(&self, job: &str, elem: ElemType, data: &DatasetId) -> Result<()> {
+        match self.sched.dataset_elem(data) {
+            None => Err(Error::UnknownDataset(hex::encode(&data[..8]))),
+            Some(got) if got != elem => Err(Error::ElemMismatch { job: job.into(), expected: elem, got }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    // ----- rounds --------------------------------------------------------------------------------------------------
+
     /// Runs one synchronous map-reduce round: every worker maps its resident chunks with `params`, and the partial
-    /// results are combined in the fixed chunk tree. Bit-identical for any number of workers.
+    /// results are combined in the fixed chunk tree. Bit-identical for any number of workers, and after workers are
+    /// lost: their chunks are recomputed elsewhere from the same parameters.
     pub fn run<J: MapReduce>(
         &mut self,
         job: &J,
         params: &J::Params,
         data: &DatasetHandle<J::Elem>,
     ) -> Result<J::Output> {
-        let (round, placement) = self.begin_round(J::NAME, J::Elem::TYPE, &data.id)?;
-        let tree = Tree::new(placement.chunks);
-        let params = Arc::new(params.to_bytes());
-        let mut pending = BTreeSet::new();
-        for (w, range) in placement.ranges.iter().enumerate() {
-            if range.is_empty() {
-                continue;
-            }
-            let msg = Message::Map {
-                round,
-                job: J::NAME.to_string(),
-                dataset: data.id,
-                first_chunk: range.start,
-                end_chunk: range.end,
-            };
-            self.workers[w].conn.send(&msg, Arc::clone(&params))?;
-            pending.insert(w);
+        self.check_elem(J::NAME, J::Elem::TYPE, &data.id)?;
+        self.pump();
+        self.sched.map(self.now(), J::NAME, data.id, Arc::new(params.to_bytes()));
+        let parts = match self.drive()? {
+            Outcome::Mapped { parts } => parts,
+            other => return Err(unexpected(other)),
+        };
+        let mut decoded = BTreeMap::new();
+        for (node, (worker, bytes)) in parts {
+            let value = J::Output::from_bytes(&bytes).map_err(|e| Error::Protocol {
+                worker: self.sched.label(worker).to_string(),
+                detail: format!("cannot decode the result of `{}`: {e}", J::NAME),
+            })?;
+            decoded.insert(node, value);
         }
-        let mut parts = BTreeMap::new();
-        while !pending.is_empty() {
-            let (w, msg, payload) = self.next_event(None, || format!("round {round} of `{}`", J::NAME))?;
-            match msg {
-                Message::MapDone { round: r, nodes, .. } if r == round => {
-                    let mut rest = payload.as_slice();
-                    for (node, len) in nodes {
-                        if rest.len() < len as usize {
-                            return Err(self.protocol(w, "MapDone payload shorter than its node table"));
-                        }
-                        let (bytes, tail) = rest.split_at(len as usize);
-                        rest = tail;
-                        let value = J::Output::from_bytes(bytes).map_err(|e| {
-                            self.protocol(w, &format!("cannot decode the result of `{}`: {e}", J::NAME))
-                        })?;
-                        parts.insert(node, value);
-                    }
-                    pending.remove(&w);
-                }
-                Message::Failed { round: r, error } if r == round => {
-                    return Err(Error::JobFailed {
-                        job: J::NAME.into(),
-                        worker: self.workers[w].label.clone(),
-                        message: error,
-                    });
-                }
-                _ => {}
-            }
-        }
-        let result = tree.finish(&mut parts, &mut |a, b| job.reduce(a, b)).map_err(|chunk| Error::Protocol {
+        let tree = Tree::new(data.chunks as u32);
+        let result = tree.finish(&mut decoded, &mut |a, b| job.reduce(a, b)).map_err(|chunk| Error::Protocol {
             worker: "all workers".into(),
             detail: format!("no partial result covers chunk {chunk}"),
         })?;
-        self.rounds_run += 1;
+        if self.cfg.auto {
+            self.choose_workers();
+        }
         Ok(result)
     }
 
-    /// Opens a multipass session: worker-local states of the jobs run with it live until
-    /// [`close_session`](Self::close_session). `seed` reaches every worker's [`WorkerContext`](crate::job::WorkerContext).
+    /// Opens a multipass session: replica-local states of the jobs run with it live until
+    /// [`close_session`](Self::close_session). `seed` reaches every replica's
+    /// [`ReplicaContext`](crate::job::ReplicaContext). The session runs the cluster's number of replicas
+    /// ([`ClusterBuilder::replicas`](super::ClusterBuilder::replicas); by default one per worker it started with),
+    /// at most one per chunk.
     pub fn open_session(&mut self, seed: u64) -> Session {
-        self.sessions += 1;
-        Session { id: self.sessions, seed }
+        Session { id: self.sched.open_session(seed, None), seed }
     }
 
-    /// Frees a session's worker-local states.
-    pub fn close_session(&mut self, session: Session) -> Result<()> {
-        self.broadcast(&Message::EndSession { session: session.id })
+    /// Like [`open_session`](Self::open_session) with an explicit number of replicas.
+    pub fn open_session_with_replicas(&mut self, seed: u64, replicas: usize) -> Session {
+        Session { id: self.sched.open_session(seed, Some(replicas.max(1) as u32)), seed }
     }
 
-    /// Queues a message without payload to every worker.
-    fn broadcast(&self, msg: &Message) -> Result<()> {
-        for w in &self.workers {
-            w.conn.send(msg, Arc::new(Vec::new()))?;
+    /// Everything needed to continue `session` on another cluster (or after a restart of the master): see
+    /// [`resume_session`](Self::resume_session).
+    pub fn session_snapshot(&self, session: &Session) -> SessionSnapshot {
+        match self.sched.session(session.id) {
+            Some(s) => SessionSnapshot {
+                seed: s.seed,
+                replicas: s.replicas.unwrap_or(0),
+                passes: s.passes,
+                locals: s.locals.to_vec(),
+            },
+            None => SessionSnapshot { seed: session.seed, replicas: 0, passes: 0, locals: Vec::new() },
         }
+    }
+
+    /// Opens a session that continues from `snapshot`: every replica's local state is restored (with
+    /// [`Multipass::restore_local`]) before its next pass, so the passes that follow are bit-identical to those of
+    /// the session the snapshot was taken from — whatever the number of worker processes.
+    pub fn resume_session(&mut self, snapshot: SessionSnapshot) -> Result<Session> {
+        if snapshot.replicas as usize != snapshot.locals.len() {
+            return Err(Error::Protocol {
+                worker: "session snapshot".into(),
+                detail: format!(
+                    "{} replicas but {} saved local states; the snapshot is damaged",
+                    snapshot.replicas,
+                    snapshot.locals.len()
+                ),
+            });
+        }
+        let id = if snapshot.replicas == 0 {
+            self.sched.open_session(snapshot.seed, None)
+        } else {
+            self.sched.resume_session(snapshot.seed, snapshot.replicas, snapshot.passes, snapshot.locals)
+        };
+        Ok(Session { id, seed: snapshot.seed })
+    }
+
+    /// Frees a session's replica-local states.
+    pub fn close_session(&mut self, session: Session) -> Result<()> {
+        self.sched.close_session(session.id);
+        self.act();
         Ok(())
     }
 
-    /// Runs one pass of a multipass job: broadcasts `state`, lets every worker run `pass` over its resident chunks
-    /// with its local state of `session`, and aggregates the partial results in worker order.
+    /// Runs one pass of a multipass job: broadcasts `state`, lets every replica run `pass` over its resident chunks
+    /// with its local state of `session`, and aggregates the partial results in replica order. A replica whose
+    /// worker is lost moves to another worker with its saved local state and runs the pass again.
     pub fn pass<J: Multipass>(
         &mut self,
         job: &J,
@@ -519,97 +1005,138 @@ impl Cluster {
         state: &J::State,
         data: &DatasetHandle<J::Elem>,
     ) -> Result<J::State> {
-        let (round, placement) = self.begin_round(J::NAME, J::Elem::TYPE, &data.id)?;
-        let payload = Arc::new(state.to_bytes());
-        let holders: Vec<(usize, Range<u32>)> =
-            placement.ranges.iter().cloned().enumerate().filter(|(_, r)| !r.is_empty()).collect();
-        let rows_total = data.rows;
-        let chunks_total = placement.chunks as usize;
-        for (index, (w, range)) in holders.iter().enumerate() {
-            let msg = Message::Pass {
-                session: session.id,
-                round,
-                job: J::NAME.to_string(),
-                dataset: data.id,
-                first_chunk: range.start,
-                end_chunk: range.end,
-                index: index as u32,
-                workers: holders.len() as u32,
-                seed: session.seed,
-            };
-            self.workers[*w].conn.send(&msg, Arc::clone(&payload))?;
+        self.check_elem(J::NAME, J::Elem::TYPE, &data.id)?;
+        self.pump();
+        self.sched.pass(self.now(), session.id, J::NAME, data.id, Arc::new(state.to_bytes()));
+        let partials = match self.drive()? {
+            Outcome::Passed { partials } => partials,
+            other => return Err(unexpected(other)),
+        };
+        let mut contributions = Vec::with_capacity(partials.len());
+        for (rows, worker, bytes) in partials {
+            let partial = J::Partial::from_bytes(&bytes).map_err(|e| Error::Protocol {
+                worker: self.sched.label(worker).to_string(),
+                detail: format!("cannot decode the partial of `{}`: {e}", J::NAME),
+            })?;
+            contributions.push(Contribution { rows, partial });
         }
-        let mut partials: BTreeMap<usize, J::Partial> = BTreeMap::new();
-        while partials.len() < holders.len() {
-            let (w, msg, payload) = self.next_event(None, || format!("pass {round} of `{}`", J::NAME))?;
-            match msg {
-                Message::PassDone { round: r, .. } if r == round => {
-                    let partial = J::Partial::from_bytes(&payload)
-                        .map_err(|e| self.protocol(w, &format!("cannot decode the partial of `{}`: {e}", J::NAME)))?;
-                    partials.insert(w, partial);
-                }
-                Message::Failed { round: r, error } if r == round => {
-                    return Err(Error::JobFailed {
-                        job: J::NAME.into(),
-                        worker: self.workers[w].label.clone(),
-                        message: error,
-                    });
-                }
-                _ => {}
-            }
-        }
-        let contributions = holders
-            .iter()
-            .map(|(w, range)| {
-                let first = crate::data::chunk_rows(rows_total, chunks_total, range.start as usize).start;
-                let end = crate::data::chunk_rows(rows_total, chunks_total, range.end as usize - 1).end;
-                Contribution { rows: (end - first) as u64, partial: partials.remove(w).expect("every holder answered") }
-            })
-            .collect();
-        self.rounds_run += 1;
         Ok(job.aggregate(state, contributions))
     }
 
-    /// Waits until every worker in `pending` has answered `Loaded` for dataset `id`.
-    fn wait_loaded(&mut self, id: DatasetId, mut pending: BTreeSet<usize>, what: &str) -> Result<()> {
-        while !pending.is_empty() {
-            let (w, msg, _) = self.next_event(None, || what.to_string())?;
-            match msg {
-                Message::Loaded { dataset, .. } if dataset == id => {
-                    pending.remove(&w);
-                }
-                Message::Failed { error, .. } => {
-                    let worker = self.workers[w].label.clone();
-                    return Err(Error::JobFailed { job: "load".into(), worker, message: error });
-                }
-                _ => {}
-            }
+    // ----- parameter-server runs -----------------------------------------------------------------------------------
+
+    /// Trains `job` through the cluster's parameter servers ([`ClusterBuilder::servers`](super::ClusterBuilder::servers)):
+    /// each compute worker holding `data` runs `options.clocks` mini-batches of its own rows — pull, gradient, push
+    /// — while the servers apply `options.rule` under `options.consistency`. `on` hears each worker's progress and,
+    /// every `options.eval_every`, a snapshot of the model. Returns the trained parameters, each range's server
+    /// metrics and each worker's figures. A lost worker is dropped (the others go on); a lost server's ranges go on
+    /// at their next replica (`options.replication` ≥ 2).
+    pub fn train_ps<J: crate::ps::PsJob>(
+        &mut self,
+        job: &J,
+        config: &J::Config,
+        data: &DatasetHandle<J::Elem>,
+        options: &PsOptions,
+        mut on: impl FnMut(PsEvent<'_>),
+    ) -> Result<PsOutcome> {
+        self.check_elem(J::NAME, J::Elem::TYPE, &data.id)?;
+        let init = job.init(config, options.seed);
+        if init.len() as u64 != job.num_params(config) {
+            return Err(Error::Protocol {
+                worker: "master".into(),
+                detail: format!(
+                    "`{}` initialised {} parameters but has {}",
+                    J::NAME,
+                    init.len(),
+                    job.num_params(config)
+                ),
+            });
         }
-        Ok(())
+        self.pump();
+        self.ps_runs += 1;
+        let run = self.ps_runs;
+        let plan = PsPlan {
+            job: J::NAME.to_string(),
+            dataset: data.id,
+            config: Arc::new(config.to_bytes()),
+            init,
+            consistency: options.consistency.to_string(),
+            rule: options.rule.clone(),
+            replication: options.replication,
+            batch: options.batch.max(1) as u32,
+            clocks: options.clocks,
+            seed: options.seed,
+            blocks: options.blocks.map(|b| (b.block, b.threshold, b.max_period)),
+            jitter: options.jitter,
+            progress_every: options.progress_every,
+        };
+        self.ps_inbox.clear();
+        let started = Instant::now();
+        self.sched.ps_start(self.now(), run, plan);
+        let mut next_eval = options.eval_every.map(|e| started + e);
+        let (mut finished, mut fetching, mut final_fetch) = (false, false, false);
+        let result = loop {
+            let r = self
+                .drive_until(next_eval, |c| !c.ps_inbox.is_empty() || next_eval.is_some_and(|t| Instant::now() >= t));
+            match r {
+                Err(e) => break Err(e),
+                Ok(Some(other)) => break Err(unexpected(other)),
+                Ok(None) => {}
+            }
+            let mut done = None;
+            while let Some(note) = self.ps_inbox.pop_front() {
+                match note {
+                    PsNote::Progress(p) => on(PsEvent::Progress {
+                        worker: p.worker,
+                        clock: p.clock,
+                        loss_sum: p.loss_sum,
+                        correct: p.correct,
+                        rows: p.rows,
+                        waited: p.waited,
+                        elapsed: started.elapsed(),
+                    }),
+                    PsNote::Fetched(params, metrics) => {
+                        fetching = false;
+                        if final_fetch {
+                            done = Some((params, metrics));
+                        } else {
+                            on(PsEvent::Snapshot { elapsed: started.elapsed(), params: &params });
+                        }
+                    }
+                    PsNote::Finished => finished = true,
+                }
+            }
+            if let Some(d) = done {
+                break Ok(d);
+            }
+            if finished && !fetching && !final_fetch {
+                final_fetch = true;
+                fetching = true;
+                self.sched.ps_fetch(self.now());
+            }
+            if let Some(t) = next_eval {
+                if Instant::now() >= t && !finished {
+                    if !fetching {
+                        fetching = true;
+                        self.sched.ps_fetch(self.now());
+                    }
+                    next_eval = options.eval_every.map(|e| Instant::now() + e);
+                }
+            }
+        };
+        let figures = self.sched.ps_end();
+        let _ = self.act();
+        let (params, metrics) = result?;
+        let metrics = metrics.iter().filter_map(|m| postcard::from_bytes(m).ok()).collect();
+        Ok(PsOutcome {
+            params,
+            metrics,
+            workers: figures.into_iter().map(Into::into).collect(),
+            wall: started.elapsed(),
+        })
     }
 
-    /// Checks that the cluster, the dataset and the job are usable together and numbers the new round.
-    fn begin_round(&mut self, job: &str, elem: ElemType, data: &DatasetId) -> Result<(u64, Placement)> {
-        self.check_usable()?;
-        let placement = self.datasets.get(data).ok_or_else(|| Error::UnknownDataset(hex::encode(&data[..8])))?;
-        if placement.elem != elem {
-            return Err(Error::ElemMismatch { job: job.into(), expected: elem, got: placement.elem });
-        }
-        let placement = placement.clone();
-        self.check_job(job)?;
-        self.round += 1;
-        Ok((self.round, placement))
-    }
-
-    fn check_job(&self, name: &str) -> Result<()> {
-        for w in &self.workers {
-            let jobs = w.hello.as_ref().map(|h| h.jobs.as_slice()).unwrap_or_default();
-            if !jobs.iter().any(|j| j == name) {
-                return Err(Error::UnknownJob { job: name.into(), available: jobs.to_vec() });
-            }
-        }
-        Ok(())
-    }
+    // ----- shutting down -------------------------------------------------------------------------------------------
 
     /// Stops every worker cleanly (waiting up to two seconds) and kills any that do not exit.
     pub fn shutdown(mut self) {
@@ -617,110 +1144,45 @@ impl Cluster {
     }
 
     fn stop(&mut self) {
-        for w in &mut self.workers {
-            let _ = w.conn.send(&Message::Shutdown, Arc::new(Vec::new()));
-            w.conn.close();
+        for slot in self.slots.values_mut() {
+            let _ = slot.conn.send(&Message::Shutdown, Arc::new(Vec::new()));
+            slot.conn.close();
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        for w in &mut self.workers {
-            w._keepalive = None;
-            if let Some(mut p) = w.process.take() {
+        // Launcher ranks are not our children: wait, within the same deadline, until each has read `Shutdown` and
+        // closed its connection, so that none is left behind by a master that exits right after.
+        let mut open: std::collections::BTreeSet<WorkerId> =
+            self.slots.iter().filter(|(_, s)| s.process.is_none()).map(|(&id, _)| id).collect();
+        while !open.is_empty() {
+            match self.events.recv_deadline(deadline) {
+                Ok(Incoming::Conn { worker, kind: EventKind::Closed(_), .. }) => {
+                    open.remove(&worker);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        for slot in self.slots.values_mut() {
+            slot._keepalive = None;
+            if let Some(mut p) = slot.process.take() {
                 p.finish(deadline);
             }
         }
+        for p in &mut self.retired {
+            p.finish(deadline);
+        }
+        for l in &mut self.launchers {
+            l.finish(deadline);
+        }
+        self.launchers.clear();
+        self.retired.clear();
+        self.slots.clear();
         self.hosts.clear();
     }
+}
 
-    fn check_usable(&self) -> Result<()> {
-        match &self.broken {
-            Some(cause) => Err(Error::Protocol {
-                worker: "cluster".into(),
-                detail: format!("unusable after an earlier failure ({cause}); start a new cluster"),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    fn protocol(&mut self, w: usize, detail: &str) -> Error {
-        let e = Error::Protocol { worker: self.workers[w].label.clone(), detail: detail.to_string() };
-        self.broken = Some(e.to_string());
-        e
-    }
-
-    /// Waits for the next frame other than a heartbeat, failing on a closed connection, a silent worker, or the
-    /// deadline. The stall check runs on a fixed schedule, so a steady stream of other workers' heartbeats cannot
-    /// hide a silent one.
-    fn next_event(
-        &mut self,
-        deadline: Option<Instant>,
-        what: impl Fn() -> String,
-    ) -> Result<(usize, Message, Vec<u8>)> {
-        let check_every = (self.heartbeat_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let started = Instant::now();
-        let mut next_check = started + check_every;
-        loop {
-            let now = Instant::now();
-            if now >= next_check {
-                self.check_stalls(now)?;
-                next_check = now + check_every;
-            }
-            if let Some(d) = deadline {
-                if d <= now {
-                    return Err(Error::Timeout { what: what(), after: d.saturating_duration_since(started) });
-                }
-            }
-            let wake = deadline.map_or(next_check, |d| d.min(next_check));
-            match self.events.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(Event { worker, kind: EventKind::Frame(frame) }) => match frame.message {
-                    Message::Heartbeat => continue,
-                    msg => return Ok((worker, msg, frame.payload)),
-                },
-                Ok(Event { worker, kind: EventKind::Closed(err) }) => {
-                    let e = self.died(worker, err);
-                    self.broken = Some(e.to_string());
-                    return Err(e);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => unreachable!("the cluster holds a sender"),
-            }
-        }
-    }
-
-    /// Fails if any handshaken worker has been silent for longer than the heartbeat timeout.
-    fn check_stalls(&mut self, now: Instant) -> Result<()> {
-        for w in &self.workers {
-            if w.hello.is_none() {
-                continue; // still in the handshake: the handshake deadline covers it
-            }
-            let silent = now.saturating_duration_since(w.conn.last_seen());
-            if silent > self.heartbeat_timeout {
-                let e = Error::WorkerStalled { worker: w.label.clone(), silent, timeout: self.heartbeat_timeout };
-                self.broken = Some(e.to_string());
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Builds the error for a worker whose connection ended: exit status and stderr tail.
-    fn died(&mut self, w: usize, err: Option<WireError>) -> Error {
-        let slot = &mut self.workers[w];
-        let (mut status, stderr_tail) = match &mut slot.process {
-            Some(p) => (p.describe_exit(Duration::from_secs(2)), p.stderr_tail(Duration::from_millis(500))),
-            None => ("connection lost".to_string(), Vec::new()),
-        };
-        match err {
-            None | Some(WireError::Truncated) => {}
-            Some(WireError::Io(e)) => status = format!("{status} (connection error: {e})"),
-            Some(e) => {
-                status = format!(
-                    "{status}; it wrote bytes that are not cohort frames ({e}) — does the worker program call \
-                     cohort::worker::run_if_worker at the start of main, before printing anything?"
-                )
-            }
-        }
-        Error::WorkerDied { worker: slot.label.clone(), status, stderr_tail }
-    }
+fn unexpected(outcome: Outcome) -> Error {
+    Error::Protocol { worker: "cluster".into(), detail: format!("unexpected outcome {outcome:?}") }
 }
 
 impl Drop for Cluster {

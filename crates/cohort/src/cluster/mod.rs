@@ -1,15 +1,25 @@
-//! The cluster runtime: the master ([`Cluster`]), the worker loop ([`worker`]), how workers are described
-//! ([`WorkerSpec`]) and started ([`process`]), and the per-worker connections (`conn`).
+//! The cluster runtime, in layers: the [`scheduler`] decides (placement, rounds, liveness, recovery) without any
+//! I/O; the master ([`Cluster`]) is the driver that feeds it from the connections and carries out its decisions;
+//! `spawn` starts worker processes (local, [`ssh`]) for the builder and for replacements; [`launch`] takes workers
+//! from cluster managers (Slurm, MPI, Kubernetes ranks); `conn` is one worker's connection; [`worker`] is the loop a
+//! worker process runs.
 
 mod builder;
 mod conn;
+pub mod launch;
 mod master;
 pub mod process;
+mod ps;
+pub mod scheduler;
+mod spawn;
 pub mod spec;
 pub mod ssh;
-pub(crate) mod store;
 pub mod worker;
 
-pub use builder::{ClusterBuilder, DataChannel};
-pub use master::{Cluster, DatasetHandle, Session, Stats};
-pub use spec::{SshTarget, WorkerSpec};
+pub use builder::{ClusterBuilder, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAX_FAILURES};
+pub use master::{
+    AutoChoice, Cluster, DatasetHandle, PsEvent, PsOptions, PsOutcome, PsWorkerReport, Session, SessionSnapshot, Stats,
+};
+pub use scheduler::{FailureRecord, Placement, RoundProfile, WorkerReport};
+pub use spawn::DataChannel;
+pub use spec::{Hostfile, SshTarget, WorkerSpec};

@@ -6,12 +6,60 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::worker::{ROLE_ENV, SECRET_ENV};
 use crate::wire::handshake::Secret;
+
+/// Environment variable that puts a process in worker mode (value `worker`).
+pub const ROLE_ENV: &str = "COHORT_ROLE";
+/// Environment variable carrying the per-job secret (hex).
+pub const SECRET_ENV: &str = "COHORT_SECRET";
+/// Prefix of the optional first stdin line carrying the secret.
+pub const SECRET_LINE_PREFIX: &str = "COHORT-SECRET ";
+/// Environment variable asking the worker to serve over TCP on this address (e.g. `0.0.0.0:0`) instead of stdio.
+pub const LISTEN_ENV: &str = "COHORT_LISTEN";
+/// Prefix of the line `COHORT-LISTEN <ip> <port>` a TCP worker writes on its stdout.
+pub const LISTEN_LINE_PREFIX: &str = "COHORT-LISTEN ";
+/// Environment variables a master hands on to ssh workers as they are (fault injection for tests, see
+/// `cluster::worker::fault`): environments do not cross ssh otherwise.
+pub(crate) const FORWARDED_ENV: [&str; 2] = ["COHORT_FAULT", "COHORT_FAULT_ONCE"];
+
+/// This host's name (for handshakes and as the address `--workers slurm` tasks connect to).
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Spawns `cmd` from one long-lived thread. Processes that must die with the master set `PR_SET_PDEATHSIG`, which
+/// fires when the *thread* that spawned them exits; spawning them all from this thread (which lives as long as the
+/// process) ties them to the master's lifetime, not to whichever short-lived thread happened to start them.
+pub(crate) fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("cohort-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("cannot start the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    let sent = spawner.lock().map(|tx| tx.send((cmd, reply)).is_ok()).unwrap_or(false);
+    if !sent {
+        return Err(std::io::Error::other("the spawner thread is gone"));
+    }
+    answer.recv().map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
 
 /// Lines of stderr kept per worker for error reports.
 pub const STDERR_TAIL_LINES: usize = 20;
@@ -40,13 +88,14 @@ impl WorkerProcess {
         Self::spawn(cmd, prefix, forward_stderr)
     }
 
-    /// Starts an arbitrary command whose stdin/stdout carry the protocol (used by launchers).
+    /// Starts an arbitrary command whose stdin/stdout carry the protocol (used by launchers). Spawned from the
+    /// long-lived spawner thread, so a parent-death signal the command sets follows the master process.
     pub fn spawn(
-        mut cmd: Command,
+        cmd: Command,
         prefix: String,
         forward_stderr: bool,
     ) -> std::io::Result<(WorkerProcess, ChildStdout, ChildStdin)> {
-        let mut child = cmd.spawn()?;
+        let mut child = spawn_tied(cmd)?;
         let stdout = child.stdout.take().expect("stdout was piped");
         let stdin = child.stdin.take().expect("stdin was piped");
         let stderr = child.stderr.take().expect("stderr was piped");
@@ -69,6 +118,11 @@ impl WorkerProcess {
             Some(status) => describe_status(status),
             None => String::from("connection lost while the process is still running"),
         }
+    }
+
+    /// The exit status if the process ends within `wait`, else `None` (still running).
+    pub fn exit_status(&mut self, wait: Duration) -> Option<ExitStatus> {
+        wait_with_deadline(&mut self.child, Instant::now() + wait)
     }
 
     /// The last lines of stderr, after waiting up to `wait` for the stream to end.

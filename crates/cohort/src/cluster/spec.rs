@@ -94,6 +94,15 @@ impl SshTarget {
     }
 }
 
+/// A parsed hostfile: the workers to start, and the spares kept in reserve.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hostfile {
+    /// Hosts to start workers on.
+    pub workers: Vec<WorkerSpec>,
+    /// Hosts (lines marked `spare`) that replace lost workers.
+    pub spares: Vec<WorkerSpec>,
+}
+
 impl WorkerSpec {
     /// Parses one entry, e.g. `local:4`.
     pub fn parse(text: &str) -> Result<WorkerSpec, Error> {
@@ -132,9 +141,10 @@ impl WorkerSpec {
     }
 
     /// Parses a hostfile: one host per line in the MPI/Horovod style — `host`, `host slots=4`,
-    /// `user@host:2222 slots=2` (also `host:4` as Horovod writes it) — with `#` comments and blank lines.
-    pub fn parse_hostfile(text: &str, origin: &str) -> Result<Vec<WorkerSpec>, Error> {
-        let mut specs = Vec::new();
+    /// `user@host:2222 slots=2` (also `host:4` as Horovod writes it) — with `#` comments and blank lines. A line
+    /// with the word `spare` (`node9 slots=2 spare`) lists spare workers, started only to replace lost ones.
+    pub fn parse_hostfile(text: &str, origin: &str) -> Result<Hostfile, Error> {
+        let mut file = Hostfile::default();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -144,10 +154,12 @@ impl WorkerSpec {
             let mut words = line.split_whitespace();
             let host = words.next().expect("line is not empty");
             let mut slots = None;
+            let mut spare = false;
             for w in words {
                 match w.split_once('=') {
                     Some(("slots" | "max_slots", n)) => slots = Some(parse_slots(n).map_err(bad)?),
-                    _ => return Err(bad(format!("unknown field {w:?}; expected `host slots=N`"))),
+                    None if w == "spare" => spare = true,
+                    _ => return Err(bad(format!("unknown field {w:?}; expected `host slots=N [spare]`"))),
                 }
             }
             let target = match SshTarget::parse(host) {
@@ -159,12 +171,17 @@ impl WorkerSpec {
                 Ok(t) => t,
                 Err(e) => return Err(bad(e)),
             };
-            specs.push(WorkerSpec::Ssh { target, slots: slots.unwrap_or(1) });
+            let spec = WorkerSpec::Ssh { target, slots: slots.unwrap_or(1) };
+            if spare {
+                file.spares.push(spec);
+            } else {
+                file.workers.push(spec);
+            }
         }
-        if specs.is_empty() {
+        if file.workers.is_empty() && file.spares.is_empty() {
             return Err(Error::Spec { spec: origin.to_string(), reason: "the hostfile lists no hosts".into() });
         }
-        Ok(specs)
+        Ok(file)
     }
 
     /// Parses a comma-separated list, e.g. `local:2,local:1`.
@@ -233,9 +250,10 @@ mod tests {
 
     #[test]
     fn hostfiles_parse_in_the_mpi_style() {
-        let text = "# cluster\nnode1 slots=4\n\nalice@node2:2222 slots=2  # fast one\nnode3\nnode4:8\n";
-        let specs = WorkerSpec::parse_hostfile(text, "hosts").unwrap();
-        let shown: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+        let text = "# cluster\nnode1 slots=4\n\nalice@node2:2222 slots=2  # fast one\nnode3\nnode4:8\nnode9 spare\n";
+        let file = WorkerSpec::parse_hostfile(text, "hosts").unwrap();
+        assert_eq!(file.spares, vec![WorkerSpec::parse("ssh://node9").unwrap()]);
+        let shown: Vec<String> = file.workers.iter().map(|s| s.to_string()).collect();
         assert_eq!(
             shown,
             ["ssh://node1?slots=4", "ssh://alice@node2:2222?slots=2", "ssh://node3?slots=1", "ssh://node4?slots=8"]

@@ -19,8 +19,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::process::{describe_status, WorkerProcess};
+use super::process::{spawn_tied, FORWARDED_ENV, LISTEN_LINE_PREFIX, SECRET_LINE_PREFIX};
 use super::spec::SshTarget;
-use super::worker::SECRET_LINE_PREFIX;
 use crate::wire::handshake::Secret;
 
 /// How cohort runs `ssh`.
@@ -76,7 +76,7 @@ pub fn sh_quote(s: &str) -> String {
 }
 
 /// Makes a child process receive SIGTERM when the thread that spawned it (the master) dies.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches only the child's own state.
     unsafe {
         cmd.pre_exec(|| {
@@ -99,7 +99,7 @@ impl SshHost {
         add_common_args(&mut cmd, target, config);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         die_with_parent(&mut cmd);
-        let mut master = match cmd.spawn() {
+        let mut master = match spawn_tied(cmd) {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -271,7 +271,13 @@ impl SshHost {
         forward_stderr: bool,
         listen: Option<&str>,
     ) -> std::io::Result<(WorkerProcess, std::process::ChildStdout, std::process::ChildStdin)> {
-        let listen = listen.map(|l| format!(" COHORT_LISTEN={}", sh_quote(l))).unwrap_or_default();
+        let mut listen = listen.map(|l| format!(" COHORT_LISTEN={}", sh_quote(l))).unwrap_or_default();
+        // Fault injection for tests travels like the role (environments do not cross ssh).
+        for var in FORWARDED_ENV {
+            if let Ok(value) = std::env::var(var) {
+                listen.push_str(&format!(" {var}={}", sh_quote(&value)));
+            }
+        }
         let remote = format!("exec env COHORT_ROLE=worker{listen} {} worker", sh_quote(remote_binary));
         let mut cmd = self.command(&remote);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -420,7 +426,7 @@ pub(crate) fn read_line_with_timeout(
 
 /// Parses `COHORT-LISTEN <ip> <port>`.
 pub(crate) fn parse_listen_line(line: &str) -> Option<std::net::SocketAddr> {
-    let mut words = line.strip_prefix(super::worker::LISTEN_LINE_PREFIX)?.split_whitespace();
+    let mut words = line.strip_prefix(LISTEN_LINE_PREFIX)?.split_whitespace();
     let ip: std::net::IpAddr = words.next()?.parse().ok()?;
     let port: u16 = words.next()?.parse().ok()?;
     Some(std::net::SocketAddr::new(ip, port))

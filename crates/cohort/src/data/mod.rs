@@ -7,6 +7,7 @@
 //! of workers. A chunk is the unit that moves between workers.
 
 pub mod loaders;
+pub(crate) mod resident;
 pub mod slicing;
 
 use std::ops::Range;
@@ -148,12 +149,13 @@ pub enum DataError {
 /// The largest chunk count a dataset may use (chunk indices are `u32` and the tree is padded to a power of two).
 pub const MAX_CHUNKS: usize = 1 << 20;
 
-/// A dense, row-major dataset with optional labels, cut into chunks.
+/// A dense, row-major dataset with optional labels, cut into chunks. Its buffers are shared: cloning a dataset is
+/// cheap (the cluster keeps a clone of every dataset it loads, to send chunks again when a worker is lost).
 #[derive(Debug, Clone)]
 pub struct Dataset<T: Element> {
-    values: Vec<T>,
+    values: std::sync::Arc<Vec<T>>,
     cols: usize,
-    labels: Option<Vec<T>>,
+    labels: Option<std::sync::Arc<Vec<T>>>,
     chunks: usize,
 }
 
@@ -178,7 +180,7 @@ impl<T: Element> Dataset<T> {
             });
         }
         let rows = values.len() / cols;
-        Ok(Dataset { values, cols, labels: None, chunks: default_chunk_count(rows) })
+        Ok(Dataset { values: std::sync::Arc::new(values), cols, labels: None, chunks: default_chunk_count(rows) })
     }
 
     /// Builds a dataset from rows, rejecting ragged input.
@@ -203,7 +205,7 @@ impl<T: Element> Dataset<T> {
         if let Some(i) = labels.iter().position(|v| !v.finite()) {
             return Err(DataError::NotFinite { what: "label", row: i, col: 0, value: labels[i].to_string() });
         }
-        self.labels = Some(labels);
+        self.labels = Some(std::sync::Arc::new(labels));
         Ok(self)
     }
 
@@ -239,7 +241,7 @@ impl<T: Element> Dataset<T> {
 
     /// Labels, if any.
     pub fn labels(&self) -> Option<&[T]> {
-        self.labels.as_deref()
+        self.labels.as_deref().map(Vec::as_slice)
     }
 
     /// Rows of chunk `i`.
@@ -261,7 +263,13 @@ impl<T: Element> Dataset<T> {
 
     /// A view of the whole dataset as one shard (for sequential baselines and evaluation on the master).
     pub fn as_shard(&self) -> Shard<'_, T> {
-        Shard { values: &self.values, cols: self.cols, labels: self.labels.as_deref(), first_row: 0, chunk: 0 }
+        Shard {
+            values: &self.values,
+            cols: self.cols,
+            labels: self.labels.as_deref().map(Vec::as_slice),
+            first_row: 0,
+            chunk: 0,
+        }
     }
 
     /// Content hash: element type, shape, chunk count, values and labels.

@@ -4,12 +4,13 @@
 //! offset  size  field
 //! 0       4     body_len    u32 LE: bytes after this field (header_len field + header + payload)
 //! 4       2     header_len  u16 LE
-//! 6       H     header      postcard-encoded [`Message`]
+//! 6       H     header      postcard-encoded [`Message`] (or another header type: parameter-server links use their own)
 //! 6+H     P     payload     raw bytes (tensors as little-endian, see `codec`)
 //! ```
 //!
 //! The order of fields must match between [`encode_prefix`] and [`read_frame`]. `body_len` is checked against a
-//! caller-supplied bound *before* anything is allocated, so a hostile or corrupt peer cannot make us reserve memory.
+//! caller-supplied bound *before* anything is allocated, and the payload buffer then grows only as bytes arrive, so
+//! a hostile or corrupt peer cannot make us reserve memory it does not send.
 
 use std::io::{self, Read, Write};
 
@@ -25,9 +26,9 @@ pub const PREFIX_LEN: usize = 6;
 
 /// One decoded frame: the header message and its raw payload.
 #[derive(Debug)]
-pub struct Frame {
+pub struct Frame<H = Message> {
     /// The decoded header.
-    pub message: Message,
+    pub message: H,
     /// Raw payload bytes (may be empty).
     pub payload: Vec<u8>,
     /// Bytes this frame occupied on the wire, prefix included.
@@ -37,7 +38,7 @@ pub struct Frame {
 /// Encodes the prefix and header of a frame whose payload has `payload_len` bytes.
 ///
 /// The payload itself is written separately so large tensors are never copied into a second buffer.
-pub fn encode_prefix(message: &Message, payload_len: usize) -> Result<Vec<u8>, WireError> {
+pub fn encode_prefix<H: serde::Serialize>(message: &H, payload_len: usize) -> Result<Vec<u8>, WireError> {
     let buf = vec![0u8; PREFIX_LEN];
     let buf = postcard::to_extend(message, buf).map_err(|e| WireError::Encode(e.to_string()))?;
     let header_len = buf.len() - PREFIX_LEN;
@@ -53,7 +54,7 @@ pub fn encode_prefix(message: &Message, payload_len: usize) -> Result<Vec<u8>, W
 }
 
 /// Writes one frame and flushes. Returns the number of bytes written.
-pub fn write_frame<W: Write>(w: &mut W, message: &Message, payload: &[u8]) -> Result<usize, WireError> {
+pub fn write_frame<W: Write, H: serde::Serialize>(w: &mut W, message: &H, payload: &[u8]) -> Result<usize, WireError> {
     let mut prefix = encode_prefix(message, payload.len())?;
     let total = prefix.len() + payload.len();
     // Small frames go out in one write: one syscall, one wake-up on the other side.
@@ -73,6 +74,14 @@ pub fn write_frame<W: Write>(w: &mut W, message: &Message, payload: &[u8]) -> Re
 /// Returns `Ok(None)` on a clean close (end of stream before the first byte of a frame); a close in the middle of a
 /// frame is [`WireError::Truncated`]. Frames whose `body_len` exceeds `max_len` are rejected before allocation.
 pub fn read_frame<R: Read>(r: &mut R, max_len: u32) -> Result<Option<Frame>, WireError> {
+    read_frame_of(r, max_len)
+}
+
+/// Like [`read_frame`], with a header of another type (the layout is the same).
+pub fn read_frame_of<H: serde::de::DeserializeOwned, R: Read>(
+    r: &mut R,
+    max_len: u32,
+) -> Result<Option<Frame<H>>, WireError> {
     let mut len_buf = [0u8; 4];
     if !read_exact_or_eof(r, &mut len_buf)? {
         return Ok(None);
@@ -86,16 +95,31 @@ pub fn read_frame<R: Read>(r: &mut R, max_len: u32) -> Result<Option<Frame>, Wir
             "frame body of {body_len} bytes is shorter than its header length field"
         )));
     }
-    let mut body = vec![0u8; body_len as usize];
-    r.read_exact(&mut body).map_err(truncated)?;
-    let header_len = u16::from_le_bytes([body[0], body[1]]) as usize;
-    if 2 + header_len > body.len() {
+    let mut header_len = [0u8; 2];
+    r.read_exact(&mut header_len).map_err(truncated)?;
+    let header_len = u16::from_le_bytes(header_len) as usize;
+    if 2 + header_len > body_len as usize {
         return Err(WireError::Malformed(format!("header length {header_len} exceeds frame body of {body_len} bytes")));
     }
-    let message: Message =
-        postcard::from_bytes(&body[2..2 + header_len]).map_err(|e| WireError::Malformed(format!("bad header: {e}")))?;
-    body.drain(..2 + header_len);
-    Ok(Some(Frame { message, payload: body, wire_len: 4 + body_len as usize }))
+    let mut header = vec![0u8; header_len];
+    r.read_exact(&mut header).map_err(truncated)?;
+    let message: H = postcard::from_bytes(&header).map_err(|e| WireError::Malformed(format!("bad header: {e}")))?;
+    let payload = read_payload(r, body_len as usize - 2 - header_len)?;
+    Ok(Some(Frame { message, payload, wire_len: 4 + body_len as usize }))
+}
+
+/// Reads exactly `len` payload bytes into a buffer that grows as they arrive (doubling from 1 MiB), so a peer that
+/// announces a large frame and sends little makes us reserve little.
+fn read_payload<R: Read>(r: &mut R, len: usize) -> Result<Vec<u8>, WireError> {
+    const FIRST_STEP: usize = 1 << 20;
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        let start = payload.len();
+        let step = (len - start).min(start.max(FIRST_STEP));
+        payload.resize(start + step, 0);
+        r.read_exact(&mut payload[start..]).map_err(truncated)?;
+    }
+    Ok(payload)
 }
 
 /// Fills `buf` completely; `Ok(false)` if the stream ended before the first byte.
@@ -159,6 +183,32 @@ mod tests {
         write_frame(&mut buf, &Message::Heartbeat, &[0u8; 100_000]).unwrap();
         let err = read_frame(&mut buf.as_slice(), MAX_HANDSHAKE_FRAME).unwrap_err();
         assert!(matches!(err, WireError::FrameTooLarge { .. }));
+    }
+
+    /// A reader over a few bytes that remembers the largest buffer it was asked to fill.
+    struct Largest<'a> {
+        bytes: &'a [u8],
+        largest: usize,
+    }
+
+    impl Read for Largest<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.largest = self.largest.max(buf.len());
+            self.bytes.read(buf)
+        }
+    }
+
+    #[test]
+    fn frame_announcing_a_gigabyte_but_sending_little_reserves_little() {
+        let mut bytes = encode_prefix(&Message::Heartbeat, (MAX_FRAME - 3) as usize).unwrap();
+        bytes.extend_from_slice(&[1; 10]);
+        let mut r = Largest { bytes: &bytes, largest: 0 };
+        assert!(matches!(read_frame(&mut r, MAX_FRAME), Err(WireError::Truncated)));
+        assert!(r.largest <= 1 << 20, "asked to fill {} bytes before they arrived", r.largest);
+        // A header length beyond the body is refused before the header is read.
+        let mut bytes = 10u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&9u16.to_le_bytes());
+        assert!(matches!(read_frame(&mut bytes.as_slice(), MAX_FRAME), Err(WireError::Malformed(_))));
     }
 
     #[test]

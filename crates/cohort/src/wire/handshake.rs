@@ -52,11 +52,11 @@ impl Secret {
         hex::encode(self.0)
     }
 
-    fn proof(&self, label: &[u8], first: &[u8; 32], second: &[u8; 32]) -> [u8; 32] {
+    pub(crate) fn proof(&self, label: &[u8], first: &[u8; 32], second: &[u8; 32]) -> [u8; 32] {
         self.mac(label, first, second).finalize().into_bytes().into()
     }
 
-    fn verify(&self, label: &[u8], first: &[u8; 32], second: &[u8; 32], proof: &[u8; 32]) -> bool {
+    pub(crate) fn verify(&self, label: &[u8], first: &[u8; 32], second: &[u8; 32], proof: &[u8; 32]) -> bool {
         // `verify_slice` compares in constant time.
         self.mac(label, first, second).verify_slice(proof).is_ok()
     }

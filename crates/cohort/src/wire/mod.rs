@@ -17,12 +17,12 @@ use sha2::{Digest, Sha256};
 
 pub use codec::{Payload, Scalar, Serde};
 pub use frame::{read_frame, write_frame, Frame, MAX_FRAME};
-pub use message::{ChunkMeta, DatasetId, ElemType, Message};
+pub use message::{ChunkMeta, DatasetId, ElemType, FileFormat, FileSource, Message, PsRange, RequestId, WorkerFailure};
 
 /// Eight bytes that open every master's first frame.
 pub const MAGIC: [u8; 8] = *b"COHORT\x00\x01";
 /// Version of this protocol; both sides must match exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Errors of the wire layer.
 #[derive(Debug, thiserror::Error)]

@@ -16,9 +16,9 @@ use super::LoadError;
 /// The first two bytes of every gzip member.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Deflate expands data by at most about 1032:1; a gzip file whose header claims more is corrupt.
-const MAX_DEFLATE_RATIO: u64 = 1032;
+pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
 /// Initial capacity of the buffer that gzip payloads are read into; it doubles as data arrives.
-const FIRST_STEP: usize = 1 << 20;
+pub(crate) const FIRST_STEP: usize = 1 << 20;
 
 /// A data file being read from the start, with the current offset.
 pub(crate) struct Input {

@@ -8,46 +8,15 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::input::Input;
+use super::input::{Input, FIRST_STEP, MAX_DEFLATE_RATIO};
 use super::npy::{self, Dtype};
 use super::{LoadElement, LoadError};
 
-/// The format of a file source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FileFormat {
-    /// IDX (MNIST format): a 3-D `u8` image file, labels a 1-D `u8` file.
-    Idx,
-    /// NumPy `.npy`: values 1-D or 2-D, labels 1-D.
-    Npy,
-}
-
-/// A dataset stored in files that every worker can read at the same path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileSource {
-    /// File format.
-    pub format: FileFormat,
-    /// Values file.
-    pub values: PathBuf,
-    /// Optional labels file.
-    pub labels: Option<PathBuf>,
-}
-
-impl FileSource {
-    /// An IDX image file with optional labels.
-    pub fn idx(images: impl Into<PathBuf>, labels: Option<PathBuf>) -> FileSource {
-        FileSource { format: FileFormat::Idx, values: images.into(), labels }
-    }
-
-    /// A `.npy` values file with optional labels.
-    pub fn npy(values: impl Into<PathBuf>, labels: Option<PathBuf>) -> FileSource {
-        FileSource { format: FileFormat::Npy, values: values.into(), labels }
-    }
-}
+pub use crate::wire::message::{FileFormat, FileSource};
 
 /// Shape and identity of a file source, read from its headers only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,32 +137,61 @@ fn read_range<T: LoadElement>(path: &Path, l: Layout, range: Range<usize>) -> Re
             message: format!("rows {range:?} requested but the file holds {} rows; was it replaced?", l.rows),
         });
     }
-    let row_bytes = l.cols as u64 * l.item_size;
-    let start = l.offset + range.start as u64 * row_bytes;
-    let len = range.len() as u64 * row_bytes;
+    // The header's shape is not trusted: sizes are computed without overflow and checked against the file before
+    // anything is allocated.
+    let too_large = || LoadError::Header {
+        path: path.to_path_buf(),
+        offset: l.offset,
+        message: format!(
+            "rows {range:?} of {} values of {} bytes are more than any file holds; the header is corrupt",
+            l.cols, l.item_size
+        ),
+    };
+    let row_bytes = (l.cols as u64).checked_mul(l.item_size).ok_or_else(too_large)?;
+    let start = (range.start as u64).checked_mul(row_bytes).and_then(|s| s.checked_add(l.offset));
+    let len = (range.len() as u64).checked_mul(row_bytes);
+    let (start, len) = start.zip(len).filter(|(s, n)| s.checked_add(*n).is_some()).ok_or_else(too_large)?;
     let mut file = File::open(path).map_err(io_err)?;
+    let file_len = file.metadata().map_err(io_err)?.len();
     let mut magic = [0u8; 2];
     let gzip = file.read(&mut magic).map_err(io_err)? == 2 && magic == [0x1f, 0x8b];
     file.rewind().map_err(io_err)?;
-    let mut buf = vec![0u8; len as usize];
-    let truncated = |e: io::Error| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            LoadError::Truncated { path: path.to_path_buf(), ends_at: start, expected: start + len, gzip }
-        } else {
-            LoadError::Io { path: path.to_path_buf(), source: e }
-        }
-    };
-    if gzip {
+    let truncated =
+        |ends_at: u64| LoadError::Truncated { path: path.to_path_buf(), ends_at, expected: start + len, gzip };
+    if !gzip && start + len > file_len {
+        return Err(truncated(file_len));
+    }
+    if gzip && start.saturating_add(len) > file_len.saturating_mul(MAX_DEFLATE_RATIO).saturating_add(1 << 16) {
+        return Err(too_large());
+    }
+    let size = usize::try_from(len).map_err(|_| too_large())?;
+    let buf = if gzip {
         let mut decoder = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
         let skipped = io::copy(&mut (&mut decoder).take(start), &mut io::sink()).map_err(io_err)?;
         if skipped < start {
             return Err(LoadError::Truncated { path: path.to_path_buf(), ends_at: skipped, expected: start, gzip });
         }
-        decoder.read_exact(&mut buf).map_err(truncated)?;
+        // Only bounded, not checked: the buffer grows as data actually arrives.
+        let mut buf = Vec::with_capacity(size.min(FIRST_STEP));
+        match decoder.take(len).read_to_end(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        if buf.len() < size {
+            return Err(truncated(start + buf.len() as u64));
+        }
+        buf
     } else {
+        let mut buf = vec![0u8; size];
         file.seek(SeekFrom::Start(start)).map_err(io_err)?;
-        file.read_exact(&mut buf).map_err(truncated)?;
-    }
+        file.read_exact(&mut buf).map_err(|e| match e.kind() {
+            // The file shrank since its length was read.
+            io::ErrorKind::UnexpectedEof => truncated(start),
+            _ => io_err(e),
+        })?;
+        buf
+    };
     let values: Vec<T> = match l.item {
         Item::Pixel => buf.iter().map(|&p| T::from_f64(f64::from(p) / 255.0)).collect(),
         Item::Label => buf.iter().map(|&p| T::from_f64(f64::from(p))).collect(),
@@ -232,6 +230,34 @@ mod tests {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         std::fs::write(path, bytes).unwrap();
+    }
+
+    /// A header claiming more rows than the file holds made `read_rows` allocate the claimed size before reading
+    /// (terabytes: the process aborted), and a claimed row size near u64::MAX overflowed (found by the fuzzer).
+    #[test]
+    fn header_shapes_larger_than_the_file_are_errors_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        npy_file(&p, "(1099511627776, 1)", &[1.0, 2.0]);
+        let src = FileSource::npy(&p, None);
+        assert_eq!(describe(&src).unwrap().rows, 1 << 40);
+        let e = read_rows::<f64>(&src, 0..1 << 40).unwrap_err();
+        assert!(matches!(e, LoadError::Truncated { ends_at: 144, gzip: false, .. }), "{e:?}");
+        assert_eq!(read_rows::<f64>(&src, 0..2).unwrap().0, [1.0, 2.0]);
+
+        npy_file(&p, "(3, 4611686018427387904)", &[1.0]);
+        let e = read_rows::<f64>(&src, 1..2).unwrap_err();
+        assert!(matches!(e, LoadError::Header { .. }) && e.to_string().contains("corrupt"), "{e:?}");
+
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        npy_file(&p, "(1099511627776, 1)", &[1.0, 2.0]);
+        std::io::Write::write_all(&mut gz, &std::fs::read(&p).unwrap()).unwrap();
+        std::fs::write(&p, gz.finish().unwrap()).unwrap();
+        let e = read_rows::<f64>(&src, 0..1 << 40).unwrap_err();
+        assert!(matches!(e, LoadError::Header { .. }), "{e:?}");
+        let e = read_rows::<f64>(&src, 0..1000).unwrap_err();
+        assert!(matches!(e, LoadError::Truncated { ends_at: 144, gzip: true, .. }), "{e:?}");
+        assert_eq!(read_rows::<f64>(&src, 1..2).unwrap().0, [2.0]);
     }
 
     #[test]

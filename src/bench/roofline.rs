@@ -26,7 +26,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use cohort::data::loaders::{find_named, Split};
 use cohort::data::slicing::{assign_chunks, chunk_count_by_cost, MAX_DEFAULT_CHUNKS};
-use cohort::{Cluster, Contribution, Dataset, MapReduce, Multipass, WorkerContext, WorkerSpec};
+use cohort::{Cluster, Contribution, Dataset, MapReduce, Multipass, ReplicaContext, WorkerSpec};
+use cohort_ml::datasets::{self, Request};
 use cohort_ml::mlp::full_batch::{FullBatch, MlpCostGrad};
 use cohort_ml::mlp::jobs::{PsgdJob, PsgdLocal, PsgdState, TrainSpec};
 use cohort_ml::mlp::optimizer::OptimizerSpec;
@@ -36,11 +37,11 @@ use cohort_ml::sae::{sample_patches, SaeConfig, SaeJob};
 use cohort_ml::softmax::{SoftmaxConfig, SoftmaxJob};
 use serde::Serialize;
 
-use super::mlp::{self as mlp_cmd, LBFGS_CHUNKS};
-use super::train::{human_bytes, sae_chunks};
-use crate::cli::LaunchArgs;
+use crate::cli::{defaults, LaunchArgs};
+use crate::commands::train::sae_chunks;
 use crate::jobs::diag::Zeros;
 use crate::patches::{self, PATCH};
+use crate::report::human_bytes;
 
 /// Arguments of `cohort bench roofline`.
 #[derive(Debug, Args, Clone)]
@@ -278,7 +279,7 @@ struct PsgdWork {
 }
 
 impl PsgdWork {
-    fn contexts(&self, workers: usize) -> Vec<(WorkerContext, std::ops::Range<usize>)> {
+    fn contexts(&self, workers: usize) -> Vec<(ReplicaContext, std::ops::Range<usize>)> {
         let ranges = assign_chunks(self.data.chunks(), workers);
         let holders: Vec<_> = ranges.into_iter().filter(|r| !r.is_empty()).collect();
         let n = holders.len() as u32;
@@ -288,9 +289,9 @@ impl PsgdWork {
             .map(|(i, r)| {
                 let first = self.data.chunk_rows(r.start).start;
                 let end = self.data.chunk_rows(r.end - 1).end;
-                let ctx = WorkerContext {
-                    index: i as u32,
-                    workers: n,
+                let ctx = ReplicaContext {
+                    replica: i as u32,
+                    replicas: n,
                     rows: (end - first) as u64,
                     first_row: first as u64,
                     seed: 42,
@@ -322,7 +323,7 @@ impl Workload for PsgdWork {
         }
         let (data, state) = (&self.data, &self.state);
         let locals = &mut self.locals.iter_mut().find(|(w, _)| *w == workers).expect("inserted above").1;
-        let run = |(ctx, range): &(WorkerContext, std::ops::Range<usize>), local: &mut PsgdLocal| {
+        let run = |(ctx, range): &(ReplicaContext, std::ops::Range<usize>), local: &mut PsgdLocal| {
             let shards: Vec<_> = range.clone().map(|c| data.shard(c)).collect();
             Contribution { rows: ctx.rows, partial: PsgdJob.pass(state, local, &shards) }
         };
@@ -414,7 +415,7 @@ fn workloads(sizes: &Sizes) -> Result<(Vec<Box<dyn Workload>>, String)> {
 
     let sae = SaeConfig::default();
     let theta = sae.init(seed)?;
-    let images = if installed { None } else { Some(mlp_cmd::generated(10_000, seed)?) };
+    let images = if installed { None } else { Some(datasets::generated(10_000, seed)?) };
     for n in [sizes.sae_large, sizes.sae_small] {
         let values = match &images {
             None => patches::sample(None, Split::Train, n, seed)?.0,
@@ -432,7 +433,15 @@ fn workloads(sizes: &Sizes) -> Result<(Vec<Box<dyn Workload>>, String)> {
         }));
     }
 
-    let raw = mlp_cmd::load_data(source, None, Some(sizes.rows), Some(1), seed, true)?.train;
+    let raw = datasets::prepare(&Request {
+        name: source,
+        train_rows: Some(sizes.rows),
+        test_rows: Some(1),
+        seed,
+        raw: true,
+        ..Request::default()
+    })?
+    .train;
     let softmax = SoftmaxConfig::new(10, raw.cols(), 1e-4);
     // A point away from zero, so the exponentials see realistic logits.
     let theta: Vec<f64> = (0..softmax.n_params()).map(|i| ((i * 7919) % 2001) as f64 * 1e-5 - 0.01).collect();
@@ -448,11 +457,19 @@ fn workloads(sizes: &Sizes) -> Result<(Vec<Box<dyn Workload>>, String)> {
         data: raw.with_chunks(chunks)?,
     }));
 
-    let std = mlp_cmd::load_data(source, None, Some(sizes.rows), Some(1), seed, false)?.train;
+    let std = datasets::prepare(&Request {
+        name: source,
+        train_rows: Some(sizes.rows),
+        test_rows: Some(1),
+        seed,
+        raw: false,
+        ..Request::default()
+    })?
+    .train;
     let mlp = Mlp::new(&[std.cols(), 32, 10])?;
     let theta: Vec<f64> = mlp.init(seed).into_iter().map(f64::from).collect();
     let full = FullBatch { mlp: mlp.clone(), lambda: 0.0 };
-    let chunks = LBFGS_CHUNKS.min(std.chunks());
+    let chunks = defaults::LBFGS_CHUNKS.min(std.chunks());
     out.push(Box::new(MapWork {
         name: format!("mlp {} forward+backward, {} rows", layers_name(mlp.layers()), thousands(rows)),
         precision: Precision::F32,
@@ -549,14 +566,10 @@ pub fn run(args: RooflineArgs) -> Result<()> {
     };
 
     let (mut work, source) = workloads(&sizes)?;
-    let launch = LaunchArgs {
-        hostfile: None,
-        ssh_options: Vec::new(),
-        worker_binary: None,
-        data_channel: "stdio".into(),
-        connect_timeout: 10.0,
-        heartbeat_timeout: args.heartbeat_timeout,
-    };
+    // Even placement: the workers hold the chunk ranges the in-process comparison maps (`assign_chunks`), not
+    // ranges weighted by measured speed, so the difference between the two is the framework's alone.
+    let launch =
+        LaunchArgs { heartbeat_timeout: args.heartbeat_timeout, placement: "even".into(), ..LaunchArgs::default() };
     let mut maps = Vec::new();
     for w in &mut work {
         let shape = w.shape();
@@ -599,7 +612,7 @@ pub fn run(args: RooflineArgs) -> Result<()> {
             if let Some(e) = failed {
                 return Err(e.context(format!("{} in process on {n} threads", shape.name)));
             }
-            let mut cluster = super::builder(vec![WorkerSpec::Local { count: n }], &launch)?
+            let mut cluster = crate::launch::builder(vec![WorkerSpec::Local { count: n }], Vec::new(), &launch)?
                 .start()
                 .with_context(|| format!("starting {n} local workers"))?;
             let mut times = w.rounds(&mut cluster, warmup, rounds)?;
@@ -624,7 +637,7 @@ pub fn run(args: RooflineArgs) -> Result<()> {
     eprintln!("bench roofline: framework rounds");
     let mut framework = Vec::new();
     for &n in &workers {
-        let mut cluster = super::builder(vec![WorkerSpec::Local { count: n }], &launch)?
+        let mut cluster = crate::launch::builder(vec![WorkerSpec::Local { count: n }], Vec::new(), &launch)?
             .start()
             .with_context(|| format!("starting {n} local workers"))?;
         for chunks in [4, 64] {

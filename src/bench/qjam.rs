@@ -15,9 +15,10 @@ use cohort::data::loaders::Split;
 use cohort::{Dataset, WorkerSpec};
 use cohort_ml::sae::SaeConfig;
 
-use super::lbfgs;
-use super::train::sae_chunks;
+use cohort_ml::train::{Driver, LbfgsTrainer};
+
 use crate::cli::{LaunchArgs, QjamArgs};
+use crate::commands::train::sae_chunks;
 use crate::patches::{self, PATCH};
 use crate::plot::Chart;
 
@@ -97,14 +98,8 @@ pub fn run(args: QjamArgs) -> Result<()> {
     }
     let config = SaeConfig::with_hidden(args.hidden);
     config.validate()?;
-    let launch = LaunchArgs {
-        hostfile: None,
-        ssh_options: Vec::new(),
-        worker_binary: None,
-        data_channel: "stdio".into(),
-        connect_timeout: 10.0,
-        heartbeat_timeout: args.heartbeat_timeout,
-    };
+    let mut launch = crate::cli::MlpArgs::parse_from(&[])?.common.launch;
+    launch.heartbeat_timeout = args.heartbeat_timeout;
     let mut source = String::new();
     let mut datasets = Vec::new();
     for &n in &sizes {
@@ -154,23 +149,24 @@ fn measure(
     launch: &LaunchArgs,
 ) -> Result<Cell> {
     let started = Instant::now();
-    let mut cluster = super::builder(vec![WorkerSpec::Local { count: workers }], launch)?
+    let mut cluster = crate::launch::builder(vec![WorkerSpec::Local { count: workers }], Vec::new(), launch)?
         .start()
         .with_context(|| format!("starting {workers} local workers"))?;
     let startup = started.elapsed();
     let handle = cluster.load(data)?;
-    let run = lbfgs::train_sae(&mut cluster, &handle, config, args.iterations, args.seed, None)?;
+    let mut trainer = LbfgsTrainer::from(*config, config.init(args.seed)?, args.iterations);
+    let summary = Driver::new().run(&mut trainer, &mut cluster, &handle, |_, _| {})?;
     let total = started.elapsed();
     cluster.shutdown();
-    let r = &run.result;
+    let r = trainer.result().context("no iteration was run")?;
     Ok(Cell {
         workers,
         patches: data.rows(),
         chunks: handle.chunks(),
         iterations: r.iterations,
         evaluations: r.evaluations,
-        iteration: run.mean_iteration_seconds(),
-        evaluation: run.mean_evaluation_seconds(),
+        iteration: summary.train_seconds / r.iterations.max(1) as f64,
+        evaluation: trainer.evaluating.as_secs_f64() / trainer.evaluations_here.max(1) as f64,
         total: total.as_secs_f64(),
         startup: startup.as_secs_f64(),
         cost: r.cost,

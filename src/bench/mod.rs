@@ -1,4 +1,12 @@
-//! `cohort bench ...`: benchmarks that print tables. Nothing here asserts on time; the figures are for people.
+//! `cohort bench ...`: benchmark programs that print tables (dispatched here; the MLP, qjam and resume benchmarks
+//! in their own modules). Nothing here asserts on time; the figures are for people.
+
+pub mod faults;
+pub mod launchers;
+pub mod mlp;
+pub mod qjam;
+pub mod resume;
+pub mod roofline;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -14,20 +22,23 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Overhead(args) => overhead(args),
         BenchCommand::Bootstrap(args) => bootstrap(args),
-        BenchCommand::Psgd(args) => super::bench_mlp::psgd(args),
-        BenchCommand::Sweep(args) => super::bench_mlp::sweep(args),
-        BenchCommand::Qjam(args) => super::qjam::run(args),
-        BenchCommand::Roofline(args) => super::roofline::run(args),
+        BenchCommand::Psgd(args) => mlp::psgd(args),
+        BenchCommand::Sweep(args) => mlp::sweep(args),
+        BenchCommand::Qjam(args) => qjam::run(args),
+        BenchCommand::Resume(args) => resume::run(args),
+        BenchCommand::Launchers(args) => launchers::run(args),
+        BenchCommand::Faults(args) => faults::run(args),
+        BenchCommand::Roofline(args) => roofline::run(args),
     }
 }
 
 /// Cold (binary copied) and warm (binary cached) start of ssh workers, handshakes included.
 pub fn bootstrap(args: BootstrapArgs) -> Result<()> {
-    let (specs, shown) = super::worker_specs(args.workers.as_deref(), &args.launch)?;
+    let (specs, spares, shown) = crate::launch::worker_specs(args.workers.as_deref(), &args.launch)?;
     if !specs.iter().any(|s| matches!(s, WorkerSpec::Ssh { .. })) {
         anyhow::bail!("bench bootstrap measures ssh workers: give --workers ssh://... or --hostfile");
     }
-    let builder = super::builder(specs, &args.launch)?;
+    let builder = crate::launch::builder(specs, spares, &args.launch)?;
     let binary = match &args.launch.worker_binary {
         Some(p) => p.clone(),
         None => std::env::current_exe()?,
@@ -36,7 +47,7 @@ pub fn bootstrap(args: BootstrapArgs) -> Result<()> {
     println!(
         "bootstrap of {shown}: binary {} ({}), {} runs each",
         binary.display(),
-        super::train::human_bytes(size),
+        crate::report::human_bytes(size),
         args.repeat
     );
     println!("{:<6} {:>8} {:>11} {:>11} {:>11}", "start", "workers", "median", "min", "max");
@@ -140,7 +151,7 @@ pub fn overhead(args: OverheadArgs) -> Result<()> {
 
 fn measure(spec: &str, launch: &LaunchArgs, rounds: usize, payload_bytes: usize) -> Result<OverheadRow> {
     let t = Instant::now();
-    let mut cluster = super::builder(WorkerSpec::parse_list(spec)?, launch)?.start()?;
+    let mut cluster = crate::launch::builder(WorkerSpec::parse_list(spec)?, Vec::new(), launch)?.start()?;
     let startup = t.elapsed();
     let workers = cluster.num_workers();
     // One chunk per worker, so every worker takes part in every round.

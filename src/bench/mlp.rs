@@ -2,62 +2,19 @@
 //! model averaging with 2, 4 and 8 workers, and time per pass against the worker count) and `cohort bench sweep`
 //! (the seed's parameter experiments, each relative to a 1-worker, 32-neuron, 1-hidden-layer, 1-epoch run).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use cohort::WorkerSpec;
-use cohort_ml::mlp::jobs::{PsgdJob, PsgdState, TrainSpec};
+use cohort_ml::datasets::{self, Request};
+use cohort_ml::mlp::jobs::TrainSpec;
 use cohort_ml::mlp::optimizer::OptimizerSpec;
 use cohort_ml::mlp::Mlp;
+use cohort_ml::train::{AveragingTrainer, Driver, Schedule};
 
-use super::mlp::{self, MlpArgs, MlpData, Verbosity};
+use crate::cli::{MlpArgs, PsgdArgs, SweepArgs};
+use crate::commands::mlp::{self, block_momentum, Verbosity};
 use crate::plot::Chart;
-
-/// Arguments of `cohort bench psgd`.
-#[derive(Debug, Args)]
-pub struct PsgdArgs {
-    /// Worker counts; 1 is sequential SGD, the others model averaging once per pass (local workers).
-    #[arg(long, default_value = "1,2,4,8")]
-    pub workers: String,
-    /// Passes over the data per worker count.
-    #[arg(long, default_value_t = 10)]
-    pub passes: usize,
-    /// Data set: fashion-mnist or generated.
-    #[arg(long, default_value = "fashion-mnist")]
-    pub dataset: String,
-    /// Train on the first N rows only.
-    #[arg(long, value_name = "N")]
-    pub train_rows: Option<usize>,
-    /// Layer widths.
-    #[arg(long, default_value = "784,32,10")]
-    pub layers: String,
-    /// Mini-batch rows.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    /// Update rule on each worker: `adam` or `sgd` (with momentum 0.9).
-    #[arg(long, default_value = "adam")]
-    pub optimizer: String,
-    /// Learning rate (constant: the figure compares the averaging, not a schedule).
-    #[arg(long, default_value_t = 0.002)]
-    pub lr: f32,
-    /// Multiply the learning rate by the number of workers for model averaging (the linear scaling rule).
-    #[arg(long)]
-    pub scale_lr: bool,
-    /// Average every K mini-batches (0: once per pass).
-    #[arg(long, default_value_t = 0, value_name = "K")]
-    pub avg_every: usize,
-    /// Block momentum of the average: 0 (plain model averaging), a value in [0, 1), or `auto` for 1 − 1/N.
-    #[arg(long, default_value = "0", value_name = "MU")]
-    pub block_momentum: String,
-    /// Seed.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Directory for psgd_objective.{csv,svg} and psgd_time.{csv,svg}.
-    #[arg(long, default_value = "target/bench-psgd")]
-    pub out: PathBuf,
-}
 
 /// `cohort bench psgd`.
 pub fn psgd(args: PsgdArgs) -> Result<()> {
@@ -70,7 +27,14 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
     if args.passes == 0 {
         bail!("--passes must be at least 1");
     }
-    let data = mlp::load_data(&args.dataset, None, args.train_rows, Some(10_000), args.seed, false)?;
+    let request = Request {
+        name: &args.dataset,
+        train_rows: args.train_rows,
+        test_rows: Some(10_000),
+        seed: args.seed,
+        ..Request::default()
+    };
+    let data = datasets::prepare(&request)?;
     let model = Mlp::new(&Mlp::parse_layers(&args.layers).context("--layers")?).context("--layers")?;
     if model.inputs() != data.train.cols() {
         bail!("--layers starts with {} inputs but the data has {} values per row", model.inputs(), data.train.cols());
@@ -105,37 +69,44 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
     let mut curves: Vec<(usize, Vec<f64>, Vec<f64>)> = Vec::new();
     let mut csv = String::from("workers,pass,objective,test_accuracy,seconds\n");
     for &n in &counts {
-        let mut cluster =
-            super::builder(WorkerSpec::parse_list(&format!("local:{n}"))?, &MlpArgs::parse_from(&[])?.common.launch)?
-                .start()
-                .with_context(|| format!("starting {n} local workers"))?;
+        let mut cluster = crate::launch::builder(
+            WorkerSpec::parse_list(&format!("local:{n}"))?,
+            Vec::new(),
+            &MlpArgs::parse_from(&[])?.common.launch,
+        )?
+        .start()
+        .with_context(|| format!("starting {n} local workers"))?;
         let h = cluster.load(&data.train)?;
-        let session = cluster.open_session(args.seed);
         let mut spec = spec.clone();
         if args.scale_lr {
             spec.optimizer = rule(args.lr * n as f32)?;
         }
         spec.block_momentum = block_momentum(&args.block_momentum, n)?;
-        spec.optimizer.validate()?;
-        let mut state = PsgdState::new(spec, model.init(args.seed));
+        // One epoch of the trainer is one pass over the data: one round, or rounds of K mini-batches.
+        let mut trainer =
+            AveragingTrainer::new(spec, model.init(args.seed), Schedule::Constant, args.passes, args.seed)?;
         let (mut objective, mut seconds) = (Vec::new(), Vec::new());
-        for pass in 1..=args.passes {
-            let t = Instant::now();
-            // One pass over the data: one round, or rounds of K mini-batches until every row was seen once.
-            let mut seen = 0;
-            while seen < data.train.rows() as u64 {
-                state = cluster.pass(&PsgdJob, &session, &state, &h)?;
-                if let Some(e) = state.error.take() {
-                    bail!("{n} workers, pass {pass}: {e}");
+        let mut last = Instant::now();
+        let mut failure = None;
+        Driver::new()
+            .run(&mut trainer, &mut cluster, &h, |t, r| {
+                let dt = last.elapsed().as_secs_f64();
+                let evaluated = model
+                    .evaluate(t.theta(), &train)
+                    .and_then(|l| model.evaluate(t.theta(), &data.test.as_shard()).map(|a| (l.loss, a.accuracy)));
+                match evaluated {
+                    Ok((loss, test)) => {
+                        csv.push_str(&format!("{n},{},{loss},{test},{dt}\n", r.step));
+                        objective.push(loss);
+                        seconds.push(dt);
+                    }
+                    Err(e) => failure = Some(e),
                 }
-                seen += state.stats.seen.max(1);
-            }
-            let dt = t.elapsed().as_secs_f64();
-            let loss = model.evaluate(&state.theta, &train)?.loss;
-            let test = model.evaluate(&state.theta, &data.test.as_shard())?.accuracy;
-            csv.push_str(&format!("{n},{pass},{loss},{test},{dt}\n"));
-            objective.push(loss);
-            seconds.push(dt);
+                last = Instant::now();
+            })
+            .with_context(|| format!("{n} workers"))?;
+        if let Some(e) = failure {
+            bail!("{n} workers: {e}");
         }
         cluster.shutdown();
         curves.push((n, objective, seconds));
@@ -209,26 +180,6 @@ pub fn psgd(args: PsgdArgs) -> Result<()> {
     Ok(())
 }
 
-/// Arguments of `cohort bench sweep`.
-#[derive(Debug, Args)]
-pub struct SweepArgs {
-    /// A reduced grid (two values per parameter) for a quick look.
-    #[arg(long)]
-    pub quick: bool,
-    /// Data set: fashion-mnist or generated.
-    #[arg(long, default_value = "fashion-mnist")]
-    pub dataset: String,
-    /// Train on the first N rows only.
-    #[arg(long, value_name = "N")]
-    pub train_rows: Option<usize>,
-    /// Seed.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Also write every run as CSV here.
-    #[arg(long)]
-    pub csv: Option<PathBuf>,
-}
-
 /// One run of the sweep.
 #[derive(Debug, Clone, Copy)]
 struct Outcome {
@@ -239,7 +190,12 @@ struct Outcome {
 
 /// `cohort bench sweep`.
 pub fn sweep(args: SweepArgs) -> Result<()> {
-    let data = mlp::load_data(&args.dataset, None, args.train_rows, None, args.seed, false)?;
+    let data = datasets::prepare(&Request {
+        name: &args.dataset,
+        train_rows: args.train_rows,
+        seed: args.seed,
+        ..Request::default()
+    })?;
     let grids: [(&str, Vec<usize>); 4] = if args.quick {
         [
             ("workers", vec![1, 2]),
@@ -295,7 +251,14 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_one(data: &MlpData, workers: usize, neurons: usize, layers: usize, epochs: usize, seed: u64) -> Result<Outcome> {
+fn run_one(
+    data: &datasets::TrainTest,
+    workers: usize,
+    neurons: usize,
+    layers: usize,
+    epochs: usize,
+    seed: u64,
+) -> Result<Outcome> {
     let workers = format!("local:{workers}");
     let (neurons, layers, epochs) = (neurons.to_string(), layers.to_string(), epochs.to_string());
     let seed = seed.to_string();
@@ -313,18 +276,4 @@ fn run_one(data: &MlpData, workers: usize, neurons: usize, layers: usize, epochs
     ])?;
     let r = mlp::train(&args, data, Verbosity::Quiet)?;
     Ok(Outcome { loss: r.test_loss, accuracy: r.test_accuracy, seconds: r.per_epoch.iter().map(|e| e.seconds).sum() })
-}
-
-/// Parses `--block-momentum` for `workers` workers: `auto` is `1 − 1/N`; one worker never filters.
-pub fn block_momentum(text: &str, workers: usize) -> Result<f32> {
-    let mu = match text.trim() {
-        "auto" => 1.0 - 1.0 / workers.max(1) as f32,
-        t => t
-            .parse::<f32>()
-            .map_err(|_| anyhow::anyhow!("--block-momentum {t:?}: expected a number in [0, 1) or auto"))?,
-    };
-    if !(0.0..1.0).contains(&mu) {
-        bail!("--block-momentum must be in [0, 1), got {mu}");
-    }
-    Ok(if workers <= 1 { 0.0 } else { mu })
 }

@@ -1,4 +1,5 @@
-//! Worker mode: the loop a worker process runs, serving one master over its standard input and output.
+//! Worker mode: the loop a worker process runs, serving one master over its standard input and output (or a TCP
+//! connection); what it does with each request is [`WorkerCore`]'s business.
 //!
 //! A worker is the user's own executable started with `COHORT_ROLE=worker` in its environment. The program calls
 //! [`run_if_worker`] first thing in `main`; in a worker process that call never returns. Before anything else the
@@ -11,27 +12,22 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::FromRawFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::store::Store;
+mod core;
+pub mod fault;
+pub mod rank;
+
+pub(crate) use self::core::{Control, WorkerCore};
 use crate::job::Registry;
 use crate::wire::frame::{read_frame, write_frame, MAX_FRAME};
 use crate::wire::handshake::{worker_handshake, HandshakeError, Secret, WorkerIdentity};
 use crate::wire::{Message, WireError};
+pub use rank::{note_termination, RankWorker};
 
-/// Environment variable that puts a process in worker mode (value `worker`).
-pub const ROLE_ENV: &str = "COHORT_ROLE";
-/// Environment variable carrying the per-job secret (hex).
-pub const SECRET_ENV: &str = "COHORT_SECRET";
-/// Prefix of the optional first stdin line carrying the secret.
-pub const SECRET_LINE_PREFIX: &str = "COHORT-SECRET ";
-/// Environment variable asking the worker to serve over TCP on this address (e.g. `0.0.0.0:0`) instead of stdio.
-pub const LISTEN_ENV: &str = "COHORT_LISTEN";
-/// Prefix of the line `COHORT-LISTEN <ip> <port>` a TCP worker writes on its stdout.
-pub const LISTEN_LINE_PREFIX: &str = "COHORT-LISTEN ";
+pub use super::process::{LISTEN_ENV, LISTEN_LINE_PREFIX, ROLE_ENV, SECRET_ENV, SECRET_LINE_PREFIX};
 /// How long a TCP worker waits for the master to connect and pass the handshake.
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -57,6 +53,8 @@ pub fn is_worker() -> bool {
 /// In a worker process: serve the master, then exit (status 0 after a clean shutdown, 1 on error). Anywhere else:
 /// return immediately. Call it first thing in `main`, with the registry of every job the program may run.
 pub fn run_if_worker(registry: &Registry) {
+    // Ranks started by a launcher (srun, mpirun, Kubernetes) and tasks of a `--workers slurm` step connect over TCP.
+    rank::run_if_rank_worker(registry);
     if is_worker() {
         let code = match serve_stdio(registry) {
             Ok(()) => 0,
@@ -155,12 +153,6 @@ fn redirect_stdout_to_stderr() -> Result<File, WorkerError> {
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// Serves one master over any reader/writer pair. `exit_on_disconnect` makes the heartbeat thread end the process
 /// when the master is gone even while a long computation runs (what a worker process wants; not a test thread).
 pub fn serve<R: Read, W: Write + Send + 'static>(
@@ -174,7 +166,7 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
         binary_sha256: crate::wire::own_binary_sha256().map_err(|e| WorkerError::Setup(e.to_string()))?,
         jobs: registry.names(),
         pid: std::process::id(),
-        host: hostname(),
+        host: super::process::hostname(),
     };
     let mut output = output;
     let welcome = worker_handshake(&mut input, &mut output, secret, identity)?;
@@ -186,7 +178,12 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
         Duration::from_millis(welcome.heartbeat_ms.max(1) as u64),
         exit_on_disconnect,
     );
-    let result = serve_loop(registry, &mut input, &output);
+    let notify_out = Arc::clone(&output);
+    let notify: crate::cluster::ps::server::Notify = Arc::new(move |msg: Message, payload: Vec<u8>| {
+        let _ = send(&notify_out, &msg, &payload);
+    });
+    let remote = core::Remote { secret: secret.clone(), notify, host: advertised_host() };
+    let result = serve_loop(registry, &mut input, &output, remote);
     stop.store(true, Ordering::Relaxed);
     heartbeat.thread().unpark();
     let _ = heartbeat.join();
@@ -225,125 +222,35 @@ fn send<W: Write>(output: &Mutex<W>, msg: &Message, payload: &[u8]) -> Result<()
     write_frame(&mut *w, msg, payload).map(|_| ())
 }
 
-fn serve_loop<R: Read, W: Write>(registry: &Registry, input: &mut R, output: &Mutex<W>) -> Result<(), WorkerError> {
-    let mut store = Store::default();
-    let mut sessions: std::collections::HashMap<u64, Option<Box<dyn std::any::Any + Send>>> = Default::default();
+/// The host other processes of a parameter-server run reach this one at: `COHORT_ADVERTISE` if set (a launcher
+/// rank sets it to the address its master connection leaves from), the address an ssh session reached this host at,
+/// or loopback.
+fn advertised_host() -> String {
+    if let Ok(h) = std::env::var(ADVERTISE_ENV) {
+        return h;
+    }
+    std::env::var("SSH_CONNECTION")
+        .ok()
+        .and_then(|c| c.split_whitespace().nth(2).map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1".to_string())
+}
+
+/// Environment variable naming the address other processes reach this worker at (parameter-server runs).
+pub const ADVERTISE_ENV: &str = "COHORT_ADVERTISE";
+
+fn serve_loop<R: Read, W: Write>(
+    registry: &Registry,
+    input: &mut R,
+    output: &Mutex<W>,
+    remote: core::Remote,
+) -> Result<(), WorkerError> {
+    let mut core = WorkerCore::new(registry).with_remote(remote);
     loop {
         let Some(frame) = read_frame(input, MAX_FRAME)? else {
             return Ok(()); // the master closed the connection
         };
-        match frame.message {
-            Message::LoadChunk(meta) => {
-                if let Err(error) = store.insert(&meta, &frame.payload) {
-                    send(output, &Message::Failed { round: 0, error }, &[])?;
-                }
-            }
-            Message::LoadDone { dataset } => {
-                let chunks = store.get(&dataset).map_or(0, |d| d.chunks.len() as u32);
-                send(output, &Message::Loaded { dataset, chunks }, &[])?;
-            }
-            Message::DropDataset { dataset } => store.remove(&dataset),
-            Message::Describe { source } => match crate::data::loaders::describe(&source) {
-                Ok(info) => {
-                    let reply = Message::Described {
-                        rows: info.rows as u64,
-                        cols: info.cols as u32,
-                        fingerprint: info.fingerprint,
-                    };
-                    send(output, &reply, &[])?
-                }
-                Err(e) => send(output, &Message::Failed { round: 0, error: e.to_string() }, &[])?,
-            },
-            Message::LoadSource { dataset, source, elem, fingerprint, rows, total_chunks, first_chunk, end_chunk } => {
-                match store.load_source(dataset, &source, elem, fingerprint, rows, total_chunks, first_chunk..end_chunk)
-                {
-                    Ok(chunks) => send(output, &Message::Loaded { dataset, chunks }, &[])?,
-                    Err(error) => send(output, &Message::Failed { round: 0, error }, &[])?,
-                }
-            }
-            Message::Map { round, job, dataset, first_chunk, end_chunk } => {
-                let started = Instant::now();
-                let outcome = match (registry.get(&job), store.get(&dataset)) {
-                    (None, _) => Err(format!("job `{job}` is not registered in this worker")),
-                    (_, None) => Err(format!("dataset {} is not resident on this worker", hex::encode(&dataset[..8]))),
-                    (Some(job_impl), Some(data)) => {
-                        if job_impl.elem() != data.elem {
-                            Err(format!(
-                                "job `{job}` maps over {} data but the dataset holds {}",
-                                job_impl.elem(),
-                                data.elem
-                            ))
-                        } else {
-                            catch_unwind(AssertUnwindSafe(|| {
-                                job_impl.run(&frame.payload, data, first_chunk..end_chunk)
-                            }))
-                            .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))))
-                        }
-                    }
-                };
-                match outcome {
-                    Ok(parts) => {
-                        let nodes = parts.iter().map(|(n, b)| (*n, b.len() as u32)).collect();
-                        let payload: Vec<u8> = parts.into_iter().flat_map(|(_, b)| b).collect();
-                        let compute_us = started.elapsed().as_micros() as u64;
-                        send(output, &Message::MapDone { round, nodes, compute_us }, &payload)?;
-                    }
-                    Err(error) => send(output, &Message::Failed { round, error }, &[])?,
-                }
-            }
-            Message::Pass { session, round, job, dataset, first_chunk, end_chunk, index, workers, seed } => {
-                let started = Instant::now();
-                let local = sessions.entry(session).or_default();
-                let outcome = match (registry.get_pass(&job), store.get(&dataset)) {
-                    (None, _) => Err(format!("multipass job `{job}` is not registered in this worker")),
-                    (_, None) => Err(format!("dataset {} is not resident on this worker", hex::encode(&dataset[..8]))),
-                    (Some(job_impl), Some(data)) => {
-                        let rows: u64 = (first_chunk..end_chunk)
-                            .filter_map(|c| data.chunks.get(&c))
-                            .map(|c| c.values.len() as u64 / u64::from(data.cols.max(1)))
-                            .sum();
-                        let first_row = data.chunks.get(&first_chunk).map_or(0, |c| c.first_row);
-                        let ctx = crate::job::WorkerContext { index, workers, rows, first_row, seed };
-                        if job_impl.elem() != data.elem {
-                            Err(format!(
-                                "job `{job}` reads {} data but the dataset holds {}",
-                                job_impl.elem(),
-                                data.elem
-                            ))
-                        } else {
-                            catch_unwind(AssertUnwindSafe(|| {
-                                job_impl.pass(&frame.payload, local, data, first_chunk..end_chunk, ctx)
-                            }))
-                            .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))))
-                        }
-                    }
-                };
-                match outcome {
-                    Ok(partial) => {
-                        let compute_us = started.elapsed().as_micros() as u64;
-                        send(output, &Message::PassDone { round, compute_us }, &partial)?;
-                    }
-                    Err(error) => send(output, &Message::Failed { round, error }, &[])?,
-                }
-            }
-            Message::EndSession { session } => {
-                sessions.remove(&session);
-            }
-            Message::Shutdown => return Ok(()),
-            other => {
-                let error = format!("unexpected {} message from the master", other.kind());
-                send(output, &Message::Failed { round: 0, error }, &[])?;
-            }
+        if core.handle(frame, &mut |msg, payload| send(output, &msg, payload))? == Control::Shutdown {
+            return Ok(());
         }
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_string()
     }
 }

@@ -1,0 +1,118 @@
+//! The parameter server over real worker and server processes: every consistency mode trains, BSP is
+//! bit-identical run to run, servers own disjoint ranges, a server killed under replication 2 loses no acknowledged
+//! update (a counter job counts them), and a lost worker is dropped while the others finish.
+
+mod common;
+
+use std::time::Duration;
+
+use cohort::cluster::PsOptions;
+use cohort::{Cluster, Dataset, WorkerSpec};
+use cohort_cli::jobs::linear::generate;
+use cohort_cli::jobs::ps::{PsCounter, PsLinear};
+use common::*;
+
+fn ps_cluster(workers: usize, servers: usize) -> Cluster {
+    builder(workers).servers(vec![WorkerSpec::Local { count: servers }]).start().expect("cluster starts")
+}
+
+fn options(consistency: &str, clocks: u64) -> PsOptions {
+    PsOptions {
+        consistency: consistency.parse().unwrap(),
+        rule: "sgd:0.05".into(),
+        batch: 32,
+        clocks,
+        seed: 3,
+        progress_every: 10,
+        ..PsOptions::default()
+    }
+}
+
+fn mse(data: &Dataset<f64>, w: &[f32]) -> f64 {
+    let (x, y, cols) = (data.values(), data.labels().unwrap(), data.cols());
+    let mut s = 0.0;
+    for (r, row) in x.chunks_exact(cols).enumerate() {
+        let p: f64 = row.iter().zip(w).map(|(a, b)| a * f64::from(*b)).sum::<f64>() + f64::from(w[cols]);
+        s += (p - y[r]).powi(2);
+    }
+    s / data.rows() as f64
+}
+
+#[test]
+fn bsp_trains_and_is_bit_identical_run_to_run() {
+    let data = generate(2_000, 6, 7).unwrap().with_chunks(8).unwrap();
+    let before = mse(&data, &[0.0; 7]);
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut c = ps_cluster(2, 2);
+        let h = c.load(&data).unwrap();
+        let mut progress = 0;
+        let out = c.train_ps(&PsLinear, &6, &h, &options("bsp", 60), |_| progress += 1).unwrap();
+        assert!(progress >= 12, "{progress} progress reports");
+        assert_eq!(out.workers.len(), 2);
+        assert!(out.workers.iter().all(|w| w.clocks == 60 && !w.lost), "{:?}", out.workers);
+        assert_eq!(out.metrics.len(), 2, "one metrics record per range");
+        runs.push(out.params);
+    }
+    assert_eq!(runs[0], runs[1], "BSP runs differ");
+    let after = mse(&data, &runs[0]);
+    assert!(after < before / 10.0, "mse {before} → {after}");
+}
+
+#[test]
+fn every_consistency_mode_trains() {
+    let data = generate(2_000, 6, 7).unwrap().with_chunks(8).unwrap();
+    let before = mse(&data, &[0.0; 7]);
+    let mut c = ps_cluster(3, 2);
+    let h = c.load(&data).unwrap();
+    for mode in ["ssp:1", "asp:3,8", "async"] {
+        let out = c.train_ps(&PsLinear, &6, &h, &options(mode, 60), |_| {}).unwrap();
+        let after = mse(&data, &out.params);
+        assert!(after < before / 10.0, "{mode}: mse {before} → {after}");
+        let reads: u64 = out.metrics.iter().map(|m| m.staleness.values().sum::<u64>()).sum();
+        assert!(reads > 0, "{mode}: no read recorded in the staleness histograms");
+    }
+}
+
+/// Kills `victim` after `after`.
+fn kill_later(victim: u32, after: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        // SAFETY: signalling a process this test's cluster started.
+        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    })
+}
+
+#[test]
+fn a_server_killed_under_replication_two_loses_no_acknowledged_update() {
+    let data = Dataset::new((0..400).map(f64::from).collect(), 1).unwrap().with_chunks(4).unwrap();
+    let mut c = ps_cluster(2, 3);
+    let h = c.load(&data).unwrap();
+    let servers = c.server_labels();
+    assert_eq!(servers.len(), 3);
+    let killer = kill_later(pid_of(&servers[1]), Duration::from_millis(300));
+    let opts = PsOptions { rule: "sgd:1".into(), replication: 2, clocks: 3_000, batch: 8, ..options("ssp:2", 0) };
+    let out = c.train_ps(&PsCounter, &(90, 0), &h, &opts, |_| {}).unwrap();
+    killer.join().unwrap();
+    assert_eq!(c.failures().len(), 1, "the server was not lost (the run ended first?): {:?}", c.failures());
+    assert!(c.failures()[0].worker.starts_with("server"), "{:?}", c.failures());
+    // Every key was pushed once per clock by each of the two workers: exactly 6 000, none lost, none twice.
+    assert!(out.params.iter().all(|&v| v == 6_000.0), "counts {:?}", &out.params[..10]);
+}
+
+#[test]
+fn a_lost_worker_is_dropped_and_the_others_finish() {
+    let data = Dataset::new((0..600).map(f64::from).collect(), 1).unwrap().with_chunks(6).unwrap();
+    let mut c = ps_cluster(3, 2);
+    let h = c.load(&data).unwrap();
+    let victim = pid_of(&c.worker_labels()[2]);
+    let killer = kill_later(victim, Duration::from_millis(300));
+    let opts = PsOptions { rule: "sgd:1".into(), clocks: 3_000, batch: 8, ..options("bsp", 0) };
+    let out = c.train_ps(&PsCounter, &(20, 0), &h, &opts, |_| {}).unwrap();
+    killer.join().unwrap();
+    let lost: Vec<bool> = out.workers.iter().map(|w| w.lost).collect();
+    assert_eq!(lost, [false, false, true], "{:?}", out.workers);
+    assert!(out.workers[..2].iter().all(|w| w.clocks == 3_000));
+    // The survivors' 6 000 pushes are all there, plus whatever the lost one had pushed.
+    assert!(out.params.iter().all(|&v| (6_000.0..9_000.0).contains(&v)), "{:?}", &out.params[..5]);
+}
