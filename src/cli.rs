@@ -55,6 +55,9 @@ pub enum Command {
     Bench(BenchCommand),
     /// Evaluate a model saved with `--save-model` on a data set.
     Eval(EvalArgs),
+    /// Write a generated data set to a file.
+    #[command(subcommand)]
+    Gen(crate::commands::gen::GenCommand),
     /// Write an sbatch script that runs a cohort command on a Slurm cluster (master in the batch step, one worker
     /// per task started with srun).
     SlurmScript(crate::commands::slurm_script::SlurmScriptArgs),
@@ -174,6 +177,73 @@ pub enum TrainCommand {
     Sae(SaeArgs),
     /// Softmax regression with L2 decay on a named data set by distributed L-BFGS.
     Softmax(SoftmaxArgs),
+    /// Train through parameter servers: workers run their own mini-batch loops (pull, gradient, push) under a
+    /// consistency mode (BSP, SSP, ASP, async) while sharded, optionally replicated servers apply the updates.
+    Ps(PsArgs),
+}
+
+/// Arguments of `cohort train ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// The model: `softmax` or `mlp` (Fashion-MNIST), `sparse` (sparse logistic regression on libsvm files,
+    /// --train/--test, or generated), or `linear` (least squares on generated data).
+    #[arg(long, default_value = "softmax")]
+    pub model: String,
+    /// Server processes: a count of local ones (`2`) or groups like the workers' (`local:2`, `ssh://host?slots=2`).
+    /// Each owns a contiguous key range of the parameters.
+    #[arg(long, default_value = "1")]
+    pub servers: String,
+    /// When a read may proceed: `bsp` (every update of the previous clock applied), `ssp:S` (at most S clocks
+    /// behind the fastest), `asp:S,W` (S adapted to the workers' speed gap, a barrier every W clocks), `async`.
+    #[arg(long, default_value = "bsp")]
+    pub consistency: String,
+    /// The servers' update rule: `sgd:LR`, `momentum:LR,MU`, `adagrad:LR`, `adam:LR` (default per model).
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Servers holding each key range (chain replication; 2 or more survives a server's loss).
+    #[arg(long, default_value_t = 1)]
+    pub replication: usize,
+    /// Mini-batch rows per clock.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Passes over the data (all workers together); sets the clocks per worker.
+    #[arg(long, default_value_t = 3.0)]
+    pub epochs: f64,
+    /// Clocks (mini-batches) per worker, instead of --epochs.
+    #[arg(long)]
+    pub clocks: Option<u64>,
+    /// Model block scheduling (dense models): `KEYS,THRESHOLD,PERIOD` — blocks of KEYS keys whose accumulated
+    /// update is below THRESHOLD (relative) are pushed and pulled only every PERIOD clocks.
+    #[arg(long, value_name = "KEYS,THRESHOLD,PERIOD")]
+    pub blocks: Option<String>,
+    /// Randomly varying worker speed: each clock's compute takes a random factor in [1, 1 + JITTER] longer.
+    #[arg(long, default_value_t = 0.0)]
+    pub jitter: f32,
+    /// Seconds between evaluations of the model during the run (an accuracy-over-time curve).
+    #[arg(long, value_name = "SECS")]
+    pub eval_every: Option<f64>,
+    /// Stop when a worker's mean loss is not finite or exceeds this many times the first one reported, keeping
+    /// the last good model (0: never stop).
+    #[arg(long, default_value_t = cohort::cluster::DEFAULT_DIVERGENCE)]
+    pub divergence: f64,
+    /// Named data set of `softmax` and `mlp`.
+    #[arg(long, default_value = defaults::DATASET)]
+    pub dataset: String,
+    /// Train on the first N rows only (softmax, mlp), or generate N rows (sparse without --train, linear).
+    #[arg(long, value_name = "N")]
+    pub train_rows: Option<usize>,
+    /// `sparse`: the training file (libsvm, 1-based indices; gzip accepted).
+    #[arg(long, value_name = "PATH")]
+    pub train: Option<PathBuf>,
+    /// `sparse`: the test file.
+    #[arg(long, value_name = "PATH")]
+    pub test: Option<PathBuf>,
+    /// `sparse`: features (keys) of the model; generated data uses this many.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub features: u64,
+    /// Flags shared by every training command (--workers, --straggler, --seed, --report, --save-model ...).
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 /// Flags every training command takes.
@@ -317,6 +387,9 @@ pub enum BenchCommand {
     /// The launcher matrix: one small training job under local workers, the RANK/WORLD_SIZE contract, srun,
     /// sbatch, salloc with --workers slurm, mpirun and mpiexec; start-up times and model hashes side by side.
     Launchers(crate::bench::launchers::LaunchersArgs),
+    /// The parameter server's consistency modes (BSP, SSP, ASP, async) with and without a straggler: time to a
+    /// target accuracy, final accuracy, bytes, staleness; block scheduling; a server killed under replication 2.
+    Consistency(crate::bench::consistency::ConsistencyArgs),
     /// Worker faults: SIGKILL or SIGSTOP a random worker at a random moment of L-BFGS softmax and model-averaging
     /// runs; completed runs, identical models, detection and recovery times; then a straggler with even and
     /// speed-weighted placement.

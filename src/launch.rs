@@ -26,6 +26,7 @@ pub fn launch_of(command: &Command) -> Option<(Option<&str>, &LaunchArgs)> {
             TrainCommand::Mlp(args) => &args.common,
             TrainCommand::Sae(args) => &args.common,
             TrainCommand::Softmax(args) => &args.common,
+            TrainCommand::Ps(args) => &args.common,
         },
         _ => return None,
     };
@@ -205,6 +206,15 @@ pub fn builder(specs: Vec<WorkerSpec>, spares: Vec<WorkerSpec>, launch: &LaunchA
 /// Starts the cluster the command line asks for (see [`plan`]): local or ssh workers, the other ranks of a
 /// launcher's job, or an srun step inside a Slurm allocation.
 pub fn start_cluster(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Cluster, String)> {
+    start_cluster_with_servers(workers, launch, Vec::new())
+}
+
+/// [`start_cluster`] with parameter-server processes as well (local or ssh; a launcher's ranks are all workers).
+pub fn start_cluster_with_servers(
+    workers: Option<&str>,
+    launch: &LaunchArgs,
+    servers: Vec<WorkerSpec>,
+) -> Result<(Cluster, String)> {
     // `auto`: start one local worker per core and keep, after the first round, the count predicted fastest.
     let auto = workers.is_some_and(|w| w.trim() == "auto");
     let (builder, shown) = match plan(if auto { None } else { workers }, launch)? {
@@ -223,7 +233,7 @@ pub fn start_cluster(workers: Option<&str>, launch: &LaunchArgs) -> Result<(Clus
             (builder(Vec::new(), Vec::new(), launch)?.launcher(l), shown)
         }
     };
-    let cluster = builder.start().with_context(|| format!("starting workers {shown}"))?;
+    let cluster = builder.servers(servers).start().with_context(|| format!("starting workers {shown}"))?;
     Ok((cluster, shown))
 }
 

@@ -1,4 +1,4 @@
-//! The `cohort` command: `demo`, `train`, `eval`, `bench` and the hidden `worker` mode.
+//! The `cohort` command: `demo`, `train`, `eval`, `gen`, `bench` and the hidden `worker` mode.
 //!
 //! The binary is a thin shell over this library so integration tests can drive the same jobs from a test master
 //! while the workers run the real `cohort` executable.
@@ -13,6 +13,7 @@ pub mod launch;
 pub mod patches;
 pub mod plot;
 pub mod progress;
+pub mod psrun;
 pub mod report;
 pub mod signals;
 

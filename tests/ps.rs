@@ -96,6 +96,7 @@ fn a_server_killed_under_replication_two_loses_no_acknowledged_update() {
     killer.join().unwrap();
     assert_eq!(c.failures().len(), 1, "the server was not lost (the run ended first?): {:?}", c.failures());
     assert!(c.failures()[0].worker.starts_with("server"), "{:?}", c.failures());
+    assert!(c.failures()[0].recovered.is_some(), "the workers did not go on after the failover");
     // Every key was pushed once per clock by each of the two workers: exactly 6 000, none lost, none twice.
     assert!(out.params.iter().all(|&v| v == 6_000.0), "counts {:?}", &out.params[..10]);
 }
@@ -115,4 +116,69 @@ fn a_lost_worker_is_dropped_and_the_others_finish() {
     assert!(out.workers[..2].iter().all(|w| w.clocks == 3_000));
     // The survivors' 6 000 pushes are all there, plus whatever the lost one had pushed.
     assert!(out.params.iter().all(|&v| (6_000.0..9_000.0).contains(&v)), "{:?}", &out.params[..5]);
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_model() {
+    let data = generate(2_000, 6, 7).unwrap().with_chunks(8).unwrap();
+    let mut c = ps_cluster(2, 2);
+    let h = c.load(&data).unwrap();
+    // A sound run first, then the same run with a learning rate that makes it blow up.
+    let opts = PsOptions { eval_every: Some(Duration::from_millis(20)), ..options("async", 4_000) };
+    let sound = c.train_ps(&PsLinear, &6, &h, &PsOptions { clocks: 200, ..opts.clone() }, |_| {}).unwrap();
+    assert!(sound.diverged.is_none());
+    let wild = PsOptions { rule: "sgd:3".into(), progress_every: 2, ..opts };
+    let out = c.train_ps(&PsLinear, &6, &h, &wild, |_| {}).unwrap();
+    let d = out.diverged.as_ref().expect("the run diverged");
+    assert!(d.loss.is_nan() || d.loss > 10.0 * d.first, "{d:?}");
+    assert!(d.to_string().contains("diverged") && d.to_string().contains("lower the learning rate"), "{d}");
+    assert!(out.params.iter().all(|v| v.is_finite()), "the kept model is not finite: {:?}", out.params);
+    assert!(out.workers.iter().all(|w| w.clocks < 4_000), "the run went on: {:?}", out.workers);
+    // The cluster is still usable: the next run trains.
+    let again = c.train_ps(&PsLinear, &6, &h, &options("bsp", 20), |_| {}).unwrap();
+    assert!(again.diverged.is_none() && again.workers.iter().all(|w| w.clocks == 20));
+}
+
+#[test]
+fn cohort_train_ps_reports_the_run_and_refuses_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("ps.json");
+    let out = run_cohort(&[
+        "train",
+        "ps",
+        "--model",
+        "linear",
+        "--train-rows",
+        "4000",
+        "--servers",
+        "2",
+        "--workers",
+        "local:2",
+        "--consistency",
+        "ssp:1",
+        "--clocks",
+        "60",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("staleness") && stdout.contains("range 1"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["ranges"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(r["workers"].as_array().unwrap().len(), 2, "{r}");
+    assert!(r["workers"].as_array().unwrap().iter().all(|w| w["clocks"] == 60), "{r}");
+    assert!(r["max_staleness"].as_u64().unwrap() <= 1, "SSP(1) read staler than 1: {r}");
+    assert!(r["final_loss"].as_f64().unwrap() < 1.0, "{r}");
+    fails_with(
+        &["train", "ps", "--model", "linear", "--consistency", "ssp", "--workers", "local:1"],
+        "--consistency \"ssp\"",
+    );
+    fails_with(&["train", "ps", "--model", "linear", "--rule", "sgd:-1", "--workers", "local:1"], "--rule");
+    fails_with(&["train", "ps", "--model", "nope", "--workers", "local:1"], "--model \"nope\"");
+    fails_with(&["train", "ps", "--model", "linear", "--servers", "0", "--workers", "local:1"], "--servers 0");
+    fails_with(
+        &["train", "ps", "--model", "linear", "--servers", "2", "--replication", "3", "--workers", "local:1"],
+        "replication 3",
+    );
 }

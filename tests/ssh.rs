@@ -289,3 +289,53 @@ fn a_link_cut_mid_job_is_detected_and_the_job_recovers_on_the_other_host() {
     }
     assert!(eventually(Duration::from_secs(5), || sshd.worker_pids().is_empty()), "remote workers survived");
 }
+
+/// Runs `cohort train ps` (linear, BSP, 2 workers, 2 servers) with the given worker and server flags; returns the
+/// model hash.
+fn train_ps(workers: &str, servers: &str, extra: &[String]) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let mut args: Vec<String> = [
+        "train",
+        "ps",
+        "--model",
+        "linear",
+        "--train-rows",
+        "3000",
+        "--clocks",
+        "40",
+        "--consistency",
+        "bsp",
+        "--workers",
+        workers,
+        "--servers",
+        servers,
+        "--report",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(report.display().to_string());
+    args.extend(extra.iter().cloned());
+    let out = Command::new(cohort_bin()).args(&args).output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(json["workers"].as_array().unwrap().iter().all(|w| w["clocks"] == 40), "{json}");
+    Ok(json["model_sha256"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn parameter_servers_and_workers_over_ssh_train_the_same_bsp_model_as_local_ones() {
+    require_sshd!();
+    let sshd = Sshd::start();
+    let local = train_ps("local:2", "2", &[]).unwrap();
+    let one = sshd.spec(1);
+    // Remote servers with local workers, then remote workers with a local and a remote server.
+    let remote_servers = train_ps("local:2", &sshd.spec(2), &sshd.ssh_args());
+    assert_eq!(remote_servers.unwrap_or_else(|e| panic!("{e}\n{}", sshd.log())), local);
+    let mixed = train_ps(&format!("local:1,{one}"), &format!("local:1,{one}"), &sshd.ssh_args());
+    assert_eq!(mixed.unwrap_or_else(|e| panic!("{e}\n{}", sshd.log())), local);
+    assert!(sshd.worker_pids().is_empty(), "remote workers or servers left running");
+}

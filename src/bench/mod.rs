@@ -1,6 +1,7 @@
 //! `cohort bench ...`: benchmark programs that print tables (dispatched here; the MLP, qjam and resume benchmarks
 //! in their own modules). Nothing here asserts on time; the figures are for people.
 
+pub mod consistency;
 pub mod faults;
 pub mod launchers;
 pub mod mlp;
@@ -28,6 +29,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Resume(args) => resume::run(args),
         BenchCommand::Launchers(args) => launchers::run(args),
         BenchCommand::Faults(args) => faults::run(args),
+        BenchCommand::Consistency(args) => consistency::run(args),
         BenchCommand::Roofline(args) => roofline::run(args),
     }
 }

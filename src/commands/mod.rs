@@ -4,7 +4,9 @@
 
 pub mod demo;
 pub mod eval;
+pub mod gen;
 pub mod mlp;
+pub mod ps;
 pub mod slurm_script;
 pub mod train;
 
@@ -43,9 +45,11 @@ pub fn run(cli: Cli, registry: &Registry) -> Result<()> {
             TrainCommand::Mlp(args) => mlp::run(args),
             TrainCommand::Sae(args) => train::sae(args).map(|_| ()),
             TrainCommand::Softmax(args) => train::softmax(args).map(|_| ()),
+            TrainCommand::Ps(args) => ps::run(args, registry).map(|_| ()),
         },
         Command::Bench(cmd) => crate::bench::run(cmd),
         Command::Eval(args) => eval::run(args),
+        Command::Gen(cmd) => gen::run(cmd),
         Command::SlurmScript(args) => slurm_script::run(args),
         Command::Worker => cohort::worker::serve_stdio(registry).context("worker mode"),
     }

@@ -9,7 +9,7 @@ use cohort::Registry;
 
 /// Every job the `cohort` binary can run.
 pub fn registry() -> Registry {
-    Registry::new()
+    cohort_ml::ps::register(Registry::new())
         .map_reduce(linear::LinearGradient)
         .map_reduce(diag::Sum)
         .map_reduce(diag::Zeros)
@@ -21,6 +21,7 @@ pub fn registry() -> Registry {
         .multipass(cohort_ml::mlp::jobs::BspJob)
         .map_reduce(cohort_ml::sae::SaeJob)
         .map_reduce(cohort_ml::softmax::SoftmaxJob)
+        .map_reduce(cohort_ml::sparse::SparseLogRegEval)
         .parameter_server(ps::PsLinear)
         .parameter_server(ps::PsCounter)
 }

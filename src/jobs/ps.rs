@@ -54,6 +54,21 @@ impl PsJob for PsLinear {
     }
 }
 
+/// Mean squared error of least-squares weights `w` (one per column, then the bias) on `data`.
+pub fn linear_mse(data: &cohort::Dataset<f64>, w: &[f32]) -> f64 {
+    let (x, cols) = (data.values(), data.cols());
+    let Some(y) = data.labels() else { return f64::NAN };
+    if w.len() != cols + 1 || data.rows() == 0 {
+        return f64::NAN;
+    }
+    let mut s = 0.0;
+    for (r, row) in x.chunks_exact(cols).enumerate() {
+        let p: f64 = row.iter().zip(w).map(|(a, b)| a * f64::from(*b)).sum::<f64>() + f64::from(w[cols]);
+        s += (p - y[r]).powi(2);
+    }
+    s / data.rows() as f64
+}
+
 /// Counts pushes: every push has gradient −1 on each key it touches, so under SGD with learning rate 1 a key's value
 /// is the number of pushes that touched it. Dense (every key, every push) or sparse (the keys `value mod n` of the
 /// batch's first column).

@@ -62,6 +62,17 @@ pub enum MlError {
     /// No rows to compute on.
     #[error("{0} got no rows; give at least one")]
     Empty(&'static str),
+    /// A sparse row (see [`crate::sparse`]) that is malformed or does not fit the model.
+    #[error("sparse row {row}: {detail}")]
+    SparseRow {
+        /// Row in the whole dataset.
+        row: u64,
+        /// What is wrong and how to fix it.
+        detail: String,
+    },
+    /// Values that do not make a dataset.
+    #[error(transparent)]
+    Data(#[from] cohort::DataError),
     /// A map over one chunk failed on a worker; the message travelled back inside the partial result.
     #[error("chunk {chunk} failed: {message}")]
     Chunk {

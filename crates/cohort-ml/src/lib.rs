@@ -8,8 +8,12 @@
 //! - [`sae`]: the UFLDL sparse autoencoder; its exact cost and gradient take **one** map-reduce round
 //!   ([`sae::SaeJob`], `"sae.cost_grad"`), see the module docs for how the sparsity term is handled.
 //! - [`softmax`]: multinomial logistic regression with L2 decay ([`softmax::SoftmaxJob`], `"softmax.cost_grad"`).
+//! - [`sparse`]: sparse logistic regression over millions of power-law features (generator, resident encoding,
+//!   per-batch keys and gradients for a parameter server, evaluation job, SGD baseline).
 //! - [`mlp`]: a multilayer perceptron (ReLU, softmax cross-entropy, `f32`), trained by parallel SGD with model
 //!   averaging or synchronous SGD ([`mlp::jobs`], multipass jobs) or by full-batch L-BFGS ([`mlp::full_batch`]).
+//! - [`ps`]: softmax regression, the MLP and sparse logistic regression as parameter-server jobs
+//!   ([`ps::SoftmaxPs`], [`ps::MlpPs`], [`ps::SparseLogRegPs`]) with the evaluation of their trained parameters.
 //! - [`train`]: the training loops as resumable steppers (L-BFGS, gradient descent, model averaging, synchronous
 //!   SGD) and the one [`train::Driver`] that runs them with checkpoints, resume, JSON lines and an interrupt flag.
 //! - [`checkpoint`]: atomic checkpoint directories (manifest with format version, fingerprint and checksum).
@@ -81,10 +85,12 @@ pub mod mlp;
 pub mod model_file;
 pub mod optim;
 pub mod partial;
+pub mod ps;
 pub mod roofline;
 pub mod sae;
 pub mod skinny;
 pub mod softmax;
+pub mod sparse;
 pub mod train;
 
 pub use error::{MlError, Result};

@@ -122,7 +122,18 @@ pub struct PsOptions {
     pub progress_every: u64,
     /// Fetch the model this often during the run (for accuracy-over-time curves).
     pub eval_every: Option<Duration>,
+    /// Stop the run when a worker's mean loss over a progress report is not finite or exceeds this many times the
+    /// first reported mean loss (`None`: never). The model kept is the last one fetched before the divergence (see
+    /// [`PsOutcome::diverged`]).
+    pub divergence: Option<f64>,
 }
+
+/// The default of [`PsOptions::divergence`]: a mean loss ten times the first one reported stops the run.
+pub const DEFAULT_DIVERGENCE: f64 = 10.0;
+
+/// How often a parameter-server run fetches the model to keep the last good one, when divergence is watched and
+/// no [`PsOptions::eval_every`] is given.
+const GUARD_EVERY: Duration = Duration::from_secs(2);
 
 impl Default for PsOptions {
     fn default() -> Self {
@@ -137,6 +148,7 @@ impl Default for PsOptions {
             jitter: 0.0,
             progress_every: 10,
             eval_every: None,
+            divergence: Some(DEFAULT_DIVERGENCE),
         }
     }
 }
@@ -209,17 +221,84 @@ impl From<PsWorkerFigures> for PsWorkerReport {
     }
 }
 
+/// Why a parameter-server run was stopped early: its loss turned NaN or grew past the divergence bound.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Divergence {
+    /// The worker whose report showed it.
+    pub worker: u32,
+    /// The clock it had reached.
+    pub clock: u64,
+    /// Its mean loss over the report.
+    pub loss: f64,
+    /// The first mean loss reported in the run.
+    pub first: f64,
+    /// When the kept model was fetched, as time since the run started (`None`: the initial model).
+    pub kept_from: Option<Duration>,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let num =
+            |x: f64| if x != 0.0 && !(1e-4..1e6).contains(&x.abs()) { format!("{x:.4e}") } else { format!("{x:.4}") };
+        let (worker, clock, loss) = (self.worker, self.clock, num(self.loss));
+        write!(f, "the training diverged: worker {worker}'s mean loss at clock {clock} was {loss}")?;
+        if self.loss.is_finite() {
+            write!(f, " (the first reported was {})", num(self.first))?;
+        }
+        match self.kept_from {
+            Some(t) => write!(f, "; the run stopped and kept the model fetched {:.1} s into it", t.as_secs_f64()),
+            None => write!(f, "; the run stopped and kept the initial model (none fetched before)"),
+        }?;
+        write!(f, " — lower the learning rate, or bound the staleness (ssp:S instead of async)")
+    }
+}
+
 /// The result of [`Cluster::train_ps`].
 #[derive(Debug, Clone)]
 pub struct PsOutcome {
-    /// The trained parameters.
+    /// The trained parameters (after a divergence, the last good ones).
     pub params: Vec<f32>,
+    /// Set when the run was stopped because its loss diverged; `params` is then the last model fetched before.
+    pub diverged: Option<Divergence>,
     /// Each range's server metrics (staleness histogram, traffic, waits, updates), range order.
     pub metrics: Vec<crate::ps::Metrics>,
     /// Each worker's figures.
     pub workers: Vec<PsWorkerReport>,
     /// Wall time of the run.
     pub wall: Duration,
+}
+
+impl PsOutcome {
+    /// The staleness histogram of every range's reads together: staleness → reads.
+    pub fn staleness(&self) -> BTreeMap<u64, u64> {
+        let mut all = BTreeMap::new();
+        for m in &self.metrics {
+            for (s, n) in &m.staleness {
+                *all.entry(*s).or_insert(0) += n;
+            }
+        }
+        all
+    }
+
+    /// Mean and largest staleness of the reads (0 without reads).
+    pub fn staleness_summary(&self) -> (f64, u64) {
+        let h = self.staleness();
+        let n: u64 = h.values().sum();
+        let mean = if n == 0 { 0.0 } else { h.iter().map(|(s, k)| *s as f64 * *k as f64).sum::<f64>() / n as f64 };
+        (mean, h.keys().next_back().copied().unwrap_or(0))
+    }
+
+    /// Bytes of values and keys the workers pushed and pulled, in total.
+    pub fn bytes(&self) -> (u64, u64) {
+        self.workers.iter().fold((0, 0), |(p, q), w| (p + w.pushed_bytes, q + w.pulled_bytes))
+    }
+
+    /// Updates (rule steps) the servers applied per second of the run, summed over the key ranges.
+    pub fn updates_per_sec(&self) -> f64 {
+        let steps: u64 = self.metrics.iter().map(|m| m.steps).sum();
+        let ranges = self.metrics.len().max(1) as f64;
+        steps as f64 / ranges / self.wall.as_secs_f64().max(1e-9)
+    }
 }
 
 /// A multipass session: identifies the replica-local states of the jobs run with it.
@@ -507,8 +586,9 @@ impl Cluster {
         .map_err(|e| Error::Launch { worker: label.clone(), reason: format!("cannot start I/O threads: {e}") })?;
         let hs = MasterHandshake::new(self.spawner.secret.clone(), launched.expected);
         conn.send(&hs.hello(), Arc::new(Vec::new()))?;
-        let index = self.started;
-        self.started += 1;
+        // Stragglers are numbered among the compute workers, in start order; servers are never slowed down.
+        let index = if role == Role::Server { usize::MAX } else { self.started };
+        self.started += usize::from(role != Role::Server);
         self.slots.insert(
             id,
             Slot {
@@ -1072,9 +1152,14 @@ impl Cluster {
         };
         self.ps_inbox.clear();
         let started = Instant::now();
+        let init = plan.init.clone();
         self.sched.ps_start(self.now(), run, plan);
-        let mut next_eval = options.eval_every.map(|e| started + e);
+        // Snapshots: the user's (`eval_every`), else quiet ones that keep the last good model while divergence is
+        // watched.
+        let every = options.eval_every.or(options.divergence.map(|_| GUARD_EVERY));
+        let mut next_eval = every.map(|e| started + e);
         let (mut finished, mut fetching, mut final_fetch) = (false, false, false);
+        let mut guard = Guard::new(options.divergence);
         let result = loop {
             let r = self
                 .drive_until(next_eval, |c| !c.ps_inbox.is_empty() || next_eval.is_some_and(|t| Instant::now() >= t));
@@ -1086,21 +1171,27 @@ impl Cluster {
             let mut done = None;
             while let Some(note) = self.ps_inbox.pop_front() {
                 match note {
-                    PsNote::Progress(p) => on(PsEvent::Progress {
-                        worker: p.worker,
-                        clock: p.clock,
-                        loss_sum: p.loss_sum,
-                        correct: p.correct,
-                        rows: p.rows,
-                        waited: p.waited,
-                        elapsed: started.elapsed(),
-                    }),
+                    PsNote::Progress(p) => {
+                        guard.progress(&p, started.elapsed());
+                        on(PsEvent::Progress {
+                            worker: p.worker,
+                            clock: p.clock,
+                            loss_sum: p.loss_sum,
+                            correct: p.correct,
+                            rows: p.rows,
+                            waited: p.waited,
+                            elapsed: started.elapsed(),
+                        })
+                    }
                     PsNote::Fetched(params, metrics) => {
                         fetching = false;
                         if final_fetch {
                             done = Some((params, metrics));
                         } else {
-                            on(PsEvent::Snapshot { elapsed: started.elapsed(), params: &params });
+                            if options.eval_every.is_some() {
+                                on(PsEvent::Snapshot { elapsed: started.elapsed(), params: &params });
+                            }
+                            guard.snapshot(params, started.elapsed());
                         }
                     }
                     PsNote::Finished => finished = true,
@@ -1108,6 +1199,9 @@ impl Cluster {
             }
             if let Some(d) = done {
                 break Ok(d);
+            }
+            if guard.diverged.is_some() {
+                break Ok((Vec::new(), Vec::new()));
             }
             if finished && !fetching && !final_fetch {
                 final_fetch = true;
@@ -1120,16 +1214,23 @@ impl Cluster {
                         fetching = true;
                         self.sched.ps_fetch(self.now());
                     }
-                    next_eval = options.eval_every.map(|e| Instant::now() + e);
+                    next_eval = every.map(|e| Instant::now() + e);
                 }
             }
         };
         let figures = self.sched.ps_end();
         let _ = self.act();
-        let (params, metrics) = result?;
+        let (mut params, metrics) = result?;
         let metrics = metrics.iter().filter_map(|m| postcard::from_bytes(m).ok()).collect();
+        let diverged = guard.diverged.take().map(|mut d| {
+            let kept = guard.kept();
+            d.kept_from = kept.as_ref().map(|(_, t)| *t);
+            params = kept.map_or(init, |(p, _)| p);
+            d
+        });
         Ok(PsOutcome {
             params,
+            diverged,
             metrics,
             workers: figures.into_iter().map(Into::into).collect(),
             wall: started.elapsed(),
@@ -1188,5 +1289,57 @@ fn unexpected(outcome: Outcome) -> Error {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Watches a parameter-server run's losses for divergence and keeps the models fetched along the way.
+struct Guard {
+    factor: Option<f64>,
+    first: Option<f64>,
+    /// When the last report with a sound loss arrived.
+    last_sound: Duration,
+    /// The last few models fetched whose values are all finite, oldest first, with when they were fetched.
+    snapshots: VecDeque<(Vec<f32>, Duration)>,
+    diverged: Option<Divergence>,
+}
+
+impl Guard {
+    fn new(factor: Option<f64>) -> Guard {
+        Guard { factor, first: None, last_sound: Duration::ZERO, snapshots: VecDeque::new(), diverged: None }
+    }
+
+    fn progress(&mut self, p: &super::scheduler::PsProgressNote, at: Duration) {
+        let Some(factor) = self.factor else { return };
+        if p.rows == 0 || self.diverged.is_some() {
+            return;
+        }
+        let loss = p.loss_sum / p.rows as f64;
+        let first = *self.first.get_or_insert(loss);
+        if !loss.is_finite() || (first.is_finite() && loss > factor * first.abs().max(f64::MIN_POSITIVE)) {
+            self.diverged = Some(Divergence { worker: p.worker, clock: p.clock, loss, first, kept_from: None });
+        } else {
+            self.last_sound = at;
+        }
+    }
+
+    fn snapshot(&mut self, params: Vec<f32>, at: Duration) {
+        if self.factor.is_some() && params.iter().all(|v| v.is_finite()) {
+            self.snapshots.push_back((params, at));
+            if self.snapshots.len() > 3 {
+                self.snapshots.pop_front();
+            }
+        }
+    }
+
+    /// The newest model fetched before the last sound report (a later one may already carry the divergence).
+    fn kept(&mut self) -> Option<(Vec<f32>, Duration)> {
+        let last_sound = self.last_sound;
+        while let Some((_, t)) = self.snapshots.back() {
+            if *t <= last_sound {
+                break;
+            }
+            self.snapshots.pop_back();
+        }
+        self.snapshots.pop_back()
     }
 }

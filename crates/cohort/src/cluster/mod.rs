@@ -18,7 +18,8 @@ pub mod worker;
 
 pub use builder::{ClusterBuilder, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAX_FAILURES};
 pub use master::{
-    AutoChoice, Cluster, DatasetHandle, PsEvent, PsOptions, PsOutcome, PsWorkerReport, Session, SessionSnapshot, Stats,
+    AutoChoice, Cluster, DatasetHandle, Divergence, PsEvent, PsOptions, PsOutcome, PsWorkerReport, Session,
+    SessionSnapshot, Stats, DEFAULT_DIVERGENCE,
 };
 pub use scheduler::{FailureRecord, Placement, RoundProfile, WorkerReport};
 pub use spawn::DataChannel;

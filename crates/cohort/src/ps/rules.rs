@@ -64,7 +64,7 @@ impl UpdateRule for Sgd {
     }
 
     fn validate(&self) -> Result<()> {
-        check(self.lr.is_finite(), "sgd: the learning rate must be finite")
+        check(self.lr.is_finite() && self.lr > 0.0, "sgd: the learning rate must be a positive number")
     }
 
     fn apply(&self, params: &mut [f32], grads: &[f32], _: &mut [f32], _: &[u64]) {
@@ -93,7 +93,7 @@ impl UpdateRule for Momentum {
     }
 
     fn validate(&self) -> Result<()> {
-        check(self.lr.is_finite(), "momentum: the learning rate must be finite")?;
+        check(self.lr.is_finite() && self.lr > 0.0, "momentum: the learning rate must be a positive number")?;
         check((0.0..1.0).contains(&self.momentum), "momentum: the momentum must be in [0, 1)")
     }
 
@@ -124,7 +124,7 @@ impl UpdateRule for AdaGrad {
     }
 
     fn validate(&self) -> Result<()> {
-        check(self.lr.is_finite(), "adagrad: the learning rate must be finite")?;
+        check(self.lr.is_finite() && self.lr > 0.0, "adagrad: the learning rate must be a positive number")?;
         check(self.eps.is_finite() && self.eps > 0.0, "adagrad: eps must be positive and finite")
     }
 
@@ -168,7 +168,7 @@ impl UpdateRule for Adam {
     }
 
     fn validate(&self) -> Result<()> {
-        check(self.lr.is_finite(), "adam: the learning rate must be finite")?;
+        check(self.lr.is_finite() && self.lr > 0.0, "adam: the learning rate must be a positive number")?;
         check((0.0..1.0).contains(&self.beta1), "adam: beta1 must be in [0, 1)")?;
         check((0.0..1.0).contains(&self.beta2), "adam: beta2 must be in [0, 1)")?;
         check(self.eps.is_finite() && self.eps > 0.0, "adam: eps must be positive and finite")
@@ -397,7 +397,9 @@ mod tests {
             ("nesterov:0.1", "unknown rule"),
             ("momentum:0.1,1.5", "momentum must be in [0, 1)"),
             ("adagrad:0.1,0", "eps must be positive"),
-            ("sgd:NaN", "must be finite"),
+            ("sgd:NaN", "must be a positive number"),
+            ("adam:-0.001", "must be a positive number"),
+            ("momentum:0,0.9", "must be a positive number"),
         ] {
             let e = text.parse::<RuleSpec>().unwrap_err().to_string();
             assert!(e.contains(why) && e.contains("expected sgd:LR"), "{text}: {e}");

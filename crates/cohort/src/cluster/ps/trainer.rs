@@ -86,7 +86,16 @@ pub(crate) fn start(spec: TrainSpec, notify: Notify) -> Result<TrainerHandle, St
         .name("cohort-ps-train".into())
         .spawn(move || {
             let (run, worker) = (spec.run, spec.worker);
-            if let Err(failure) = Trainer::new(spec, events, notify.clone()).and_then(|mut t| t.run(&rx)) {
+            // A run the master ended early (it stopped a diverging run, or gave up) is no failure of this worker.
+            let result = Trainer::new(spec, events, notify.clone()).and_then(|mut t| {
+                let r = t.run(&rx);
+                if t.ended {
+                    Ok(())
+                } else {
+                    r
+                }
+            });
+            if let Err(failure) = result {
                 let error = format!("parameter-server worker {worker} of run {run}: {failure}");
                 notify(Message::Failed { req: run, failure: WorkerFailure::Panicked { message: error } }, Vec::new());
             }
@@ -108,6 +117,8 @@ struct Trainer {
     since_report: (BatchStats, Duration),
     /// Whether a chain has changed during the run (then silences are met with re-sends).
     failed_over: bool,
+    /// Whether the master ended the run before this worker finished.
+    ended: bool,
 }
 
 impl Trainer {
@@ -134,6 +145,7 @@ impl Trainer {
             waited: Duration::ZERO,
             since_report: (BatchStats::default(), Duration::ZERO),
             failed_over: false,
+            ended: false,
         };
         for s in 0..t.spec.addrs.len() as u32 {
             t.connect(s)?;
@@ -357,7 +369,10 @@ impl Trainer {
                 self.failed_over = true;
                 self.resend_all();
             }
-            Event::Control(Control::End) => return Err("the master ended the run early".into()),
+            Event::Control(Control::End) => {
+                self.ended = true;
+                return Err("the master ended the run early".into());
+            }
             Event::Link(LinkEvent::Closed(_)) => {} // the master decides what a lost server means
             Event::Link(LinkEvent::Frame(Peer::Server(_), PsFrame::Reply { range, reply })) => {
                 self.client.on_reply(range as usize, reply).map_err(|e| e.to_string())?;

@@ -84,6 +84,8 @@ pub(crate) struct PsOp {
     finished: bool,
     /// A fetch in progress: its request id and, per range, the values and encoded metrics received.
     fetch: Option<(u64, BTreeMap<u32, Fetched>)>,
+    /// Losses not yet recovered from: the failure's index and the workers still to report progress after it.
+    recovering: Vec<(usize, Vec<u32>)>,
 }
 
 impl PsOp {
@@ -166,6 +168,7 @@ impl Scheduler {
             running: false,
             finished: false,
             fetch: None,
+            recovering: Vec::new(),
             plan: PsPlan { init: Vec::new(), ..plan },
         }));
     }
@@ -235,6 +238,7 @@ impl Scheduler {
         if let Some(f) = op.figures.get_mut(worker as usize) {
             f.clocks = f.clocks.max(clock);
         }
+        self.ps_heard_from(worker);
         let waited = Duration::from_micros(waited_us);
         let p = PsProgress { worker, clock, loss_sum, correct, rows, waited, at: self.now };
         self.actions.push_back(Action::PsProgress(p));
@@ -260,7 +264,38 @@ impl Scheduler {
             f.busy = Duration::from_micros(busy);
             f.waited = Duration::from_micros(waited);
         }
+        self.ps_heard_from(worker);
         self.ps_check_finished();
+    }
+
+    /// Worker `worker` made progress: a loss is recovered from once every worker still running has.
+    fn ps_heard_from(&mut self, worker: u32) {
+        let Op::Ps(op) = &mut self.op else { return };
+        let now = self.now;
+        op.recovering.retain_mut(|(failure, waiting)| {
+            waiting.retain(|&w| w != worker);
+            if waiting.is_empty() {
+                if let Some(f) = self.failures.get_mut(*failure) {
+                    f.recovered = Some(now);
+                }
+            }
+            !waiting.is_empty()
+        });
+    }
+
+    /// Notes a loss to be recovered from by the workers still running (the failure was just recorded).
+    fn ps_await_recovery(&mut self) {
+        let failure = self.failures.len().saturating_sub(1);
+        let Op::Ps(op) = &mut self.op else { return };
+        let waiting: Vec<u32> =
+            (0..op.workers.len() as u32).filter(|&i| !op.done[i as usize] && !op.figures[i as usize].lost).collect();
+        if waiting.is_empty() {
+            if let Some(f) = self.failures.get_mut(failure) {
+                f.recovered = Some(self.now);
+            }
+        } else {
+            op.recovering.push((failure, waiting));
+        }
     }
 
     fn ps_check_finished(&mut self) {
@@ -354,6 +389,7 @@ impl Scheduler {
                 for (range, w) in heads {
                     self.send(w, Message::PsInject { run, range }, leave.clone());
                 }
+                self.ps_await_recovery();
                 self.ps_check_finished();
             }
             Role::Server => {
@@ -379,6 +415,7 @@ impl Scheduler {
                 // A fetch waiting on the lost server's ranges asks again.
                 let refetch = op.fetch.take().is_some();
                 self.ps_send_chains();
+                self.ps_await_recovery();
                 if refetch {
                     let now = self.now;
                     self.ps_fetch(now);

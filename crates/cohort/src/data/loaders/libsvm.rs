@@ -1,8 +1,10 @@
-//! The libsvm / svmlight sparse text format, densified.
+//! The libsvm / svmlight sparse text format, densified ([`load_libsvm`]) or row by row ([`read_libsvm_rows`]).
 //!
 //! Each line is `label index:value index:value ...` with 1-based, strictly increasing feature indices; `#` starts a
 //! comment and `qid:n` tokens are ignored. Missing features are zero. The dense width is the largest index seen, or
-//! a feature count given by the caller (so that a training and a test file get the same width).
+//! a feature count given by the caller (so that a training and a test file get the same width). Data sets too wide
+//! to densify (millions of features) are read with [`read_libsvm_rows`], which hands over each row's entries and
+//! leaves the in-memory layout to the caller.
 
 use std::path::Path;
 
@@ -50,13 +52,80 @@ pub fn load_libsvm<T: LoadElement>(path: impl AsRef<Path>, options: &LibsvmOptio
     parse_libsvm(path, &bytes, options)
 }
 
+/// One row of a libsvm file as [`read_libsvm_rows`] hands it over.
+#[derive(Debug, Clone, Copy)]
+pub struct LibsvmRow<'a, T> {
+    /// 1-based line of the file the row is on.
+    pub line: u64,
+    /// 0-based index of the row (lines without a row, such as comments, are not counted).
+    pub row: usize,
+    /// The label.
+    pub label: T,
+    /// The features: 0-based indices (the file's minus one), strictly increasing, with their values.
+    pub entries: &'a [(usize, T)],
+}
+
+/// Reads a libsvm/svmlight file (raw or gzip-compressed) row by row, without densifying it: calls `row` once per
+/// row, in file order. An index above `features` (when given) is an error naming the line and column; `row` may
+/// refuse a row with a message, which becomes an error naming the file and the line.
+pub fn read_libsvm_rows<T: LoadElement>(
+    path: impl AsRef<Path>,
+    features: Option<usize>,
+    row: impl FnMut(LibsvmRow<'_, T>) -> Result<(), String>,
+) -> Result<(), LoadError> {
+    let path = path.as_ref();
+    let bytes = Input::open(path)?.read_rest()?;
+    parse_rows(path, &bytes, features, row)
+}
+
 fn parse_libsvm<T: LoadElement>(path: &Path, bytes: &[u8], options: &LibsvmOptions) -> Result<Dataset<T>, LoadError> {
     let mut labels: Vec<T> = Vec::new();
     // Sparse rows: row r's entries are entries[starts[r]..starts[r + 1]].
     let mut starts = vec![0usize];
     let mut entries: Vec<(usize, T)> = Vec::new();
-    // Largest index seen, and the line it is on.
+    // Largest index seen (1-based), and the line it is on.
     let mut widest = (0usize, 0u64);
+    parse_rows(path, bytes, options.features, |row: LibsvmRow<'_, T>| {
+        labels.push(row.label);
+        if let Some(&(last, _)) = row.entries.last() {
+            if last + 1 > widest.0 {
+                widest = (last + 1, row.line);
+            }
+        }
+        entries.extend_from_slice(row.entries);
+        starts.push(entries.len());
+        Ok(())
+    })?;
+    let rows = labels.len();
+    let cols = options.features.unwrap_or(widest.0);
+    let cells = rows.checked_mul(cols).filter(|&c| c <= options.max_values).ok_or_else(|| LoadError::Invalid {
+        path: path.to_path_buf(),
+        message: format!(
+            "densifying {rows} rows × {cols} features (the largest index, {}, is on line {}) would need more than \
+             the limit of {} values; check that index, or raise LibsvmOptions::max_values",
+            widest.0, widest.1, options.max_values
+        ),
+    })?;
+    let mut values = vec![T::default(); cells];
+    for (r, bounds) in starts.windows(2).enumerate() {
+        for &(c, v) in &entries[bounds[0]..bounds[1]] {
+            values[r * cols + c] = v;
+        }
+    }
+    let data_error = |source| LoadError::Data { path: path.to_path_buf(), source };
+    Dataset::new(values, cols).and_then(|d| d.with_labels(labels)).map_err(data_error)
+}
+
+/// Parses every line of `bytes` and hands each row to `row` (see [`read_libsvm_rows`]).
+fn parse_rows<T: LoadElement>(
+    path: &Path,
+    bytes: &[u8],
+    features: Option<usize>,
+    mut row: impl FnMut(LibsvmRow<'_, T>) -> Result<(), String>,
+) -> Result<(), LoadError> {
+    // The current row's entries, reused from line to line.
+    let mut entries: Vec<(usize, T)> = Vec::new();
+    let mut rows = 0usize;
     for (n, raw) in strip_bom(bytes).split(|&b| b == b'\n').enumerate() {
         let line = n as u64 + 1;
         let error =
@@ -67,7 +136,8 @@ fn parse_libsvm<T: LoadElement>(path: &Path, bytes: &[u8], options: &LibsvmOptio
         };
         let mut tokens = text.split_ascii_whitespace();
         let Some(label) = tokens.next() else { continue };
-        labels.push(parse_field(label, path, line, 1)?);
+        let label = parse_field(label, path, line, 1)?;
+        entries.clear();
         let mut previous = 0usize;
         for (i, token) in tokens.enumerate() {
             let column = i + 2;
@@ -102,38 +172,22 @@ fn parse_libsvm<T: LoadElement>(path: &Path, bytes: &[u8], options: &LibsvmOptio
                     ),
                 ));
             }
-            if let Some(features) = options.features.filter(|&f| index > f) {
+            if let Some(features) = features.filter(|&f| index > f) {
                 return Err(error(
                     column,
                     format!("feature index {index} is above the feature count {features} given"),
                 ));
             }
             previous = index;
-            if index > widest.0 {
-                widest = (index, line);
-            }
             entries.push((index - 1, parse_field(value, path, line, column)?));
         }
-        starts.push(entries.len());
+        row(LibsvmRow { line, row: rows, label, entries: &entries }).map_err(|message| LoadError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("line {line}: {message}"),
+        })?;
+        rows += 1;
     }
-    let rows = labels.len();
-    let cols = options.features.unwrap_or(widest.0);
-    let cells = rows.checked_mul(cols).filter(|&c| c <= options.max_values).ok_or_else(|| LoadError::Invalid {
-        path: path.to_path_buf(),
-        message: format!(
-            "densifying {rows} rows × {cols} features (the largest index, {}, is on line {}) would need more than \
-             the limit of {} values; check that index, or raise LibsvmOptions::max_values",
-            widest.0, widest.1, options.max_values
-        ),
-    })?;
-    let mut values = vec![T::default(); cells];
-    for (r, bounds) in starts.windows(2).enumerate() {
-        for &(c, v) in &entries[bounds[0]..bounds[1]] {
-            values[r * cols + c] = v;
-        }
-    }
-    let data_error = |source| LoadError::Data { path: path.to_path_buf(), source };
-    Dataset::new(values, cols).and_then(|d| d.with_labels(labels)).map_err(data_error)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -157,6 +211,25 @@ mod tests {
         let d = load_libsvm::<f64>(&p, &LibsvmOptions::default().features(6)).unwrap();
         assert_eq!((d.rows(), d.cols()), (3, 6));
         assert_eq!(&d.values()[6..12], &[0.0, 0.4, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn rows_are_handed_over_sparse_and_a_refusal_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wide.svm");
+        std::fs::write(&p, "# header\n1 3:0.5 4000000:2\n\n-1 qid:7 1:1\n").unwrap();
+        let mut seen = Vec::new();
+        read_libsvm_rows::<f32>(&p, None, |r| {
+            seen.push((r.line, r.row, r.label, r.entries.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [(2, 0, 1.0, vec![(2, 0.5), (3_999_999, 2.0)]), (4, 1, -1.0, vec![(0, 1.0)])]);
+        let e = read_libsvm_rows::<f32>(&p, None, |r| if r.row == 1 { Err("too wide".into()) } else { Ok(()) })
+            .unwrap_err();
+        assert!(e.to_string().ends_with("wide.svm: line 4: too wide"), "{e}");
+        let e = read_libsvm_rows::<f32>(&p, Some(10), |_| Ok(())).unwrap_err();
+        assert!(matches!(e, LoadError::Parse { line: 2, column: 3, .. }), "{e:?}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::data::Element;
 pub use self::csv::{load_csv, CsvOptions, LabelColumn};
 pub use error::LoadError;
 pub use idx::{load_idx, load_idx_images, load_idx_labels, IdxImages};
-pub use libsvm::{load_libsvm, LibsvmOptions};
+pub use libsvm::{load_libsvm, read_libsvm_rows, LibsvmOptions, LibsvmRow};
 pub use named::{find_named, find_named_in, load_fashion_mnist, load_mnist_like, search_dirs, Split};
 pub use npy::{load_npy, load_npy_array, NpyArray};
 pub use ranged::{describe, read_rows, FileFormat, FileSource, SourceInfo};
