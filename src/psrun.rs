@@ -37,10 +37,13 @@ pub trait Workload {
     fn train(&self, cluster: &mut Cluster, options: &PsOptions, on: &mut dyn FnMut(PsEvent<'_>)) -> Result<PsOutcome>;
     /// Evaluates parameters on the held-out rows (or the training rows when there are none).
     fn evaluate(&self, params: &[f32]) -> Eval;
-    /// The model-file kind and architecture metadata (`cohort_ml::model_file`), so `cohort eval` can open a model
-    /// trained this way.
-    fn model_file(&self) -> (&str, serde_json::Value);
+    /// Saves trained parameters as a model file (safetensors, the format `cohort eval` opens), with `training` in
+    /// its metadata.
+    fn save(&self, path: &std::path::Path, params: &[f32], training: serde_json::Value) -> Result<()>;
 }
+
+/// How a [`Job`] writes its model file.
+pub type Saver = Box<dyn Fn(&std::path::Path, &[f32], serde_json::Value) -> Result<()> + Send + Sync>;
 
 /// The evaluation function of a [`Job`].
 pub type Evaluator = Box<dyn Fn(&[f32]) -> Eval + Send + Sync>;
@@ -55,7 +58,7 @@ pub struct Job<J: PsJob> {
     handle: Option<DatasetHandle<J::Elem>>,
     eval: Evaluator,
     classifier: bool,
-    file: (String, serde_json::Value),
+    saver: Saver,
 }
 
 impl<J: PsJob> Job<J> {
@@ -68,7 +71,11 @@ impl<J: PsJob> Job<J> {
         train: Dataset<J::Elem>,
         eval: impl Fn(&[f32]) -> Eval + Send + Sync + 'static,
     ) -> Job<J> {
-        let file = (name.to_string(), serde_json::Value::Null);
+        let kind = name.to_string();
+        let saver: Saver = Box::new(move |path, params, training| {
+            let params = cohort_ml::model_file::Params::F32(params.to_vec());
+            Ok(cohort_ml::model_file::save(path, &kind, serde_json::Value::Null, training, &params, &[])?)
+        });
         Job {
             name: name.into(),
             rule: rule.into(),
@@ -78,7 +85,7 @@ impl<J: PsJob> Job<J> {
             handle: None,
             eval: Box::new(eval),
             classifier: false,
-            file,
+            saver,
         }
     }
 
@@ -88,9 +95,12 @@ impl<J: PsJob> Job<J> {
         self
     }
 
-    /// Sets the model-file kind and architecture (default: the workload's name and no architecture).
-    pub fn model_file(mut self, kind: &str, architecture: serde_json::Value) -> Job<J> {
-        self.file = (kind.to_string(), architecture);
+    /// Sets how the model file is written (default: the parameters as one `f32` tensor, kind = the name).
+    pub fn saver(
+        mut self,
+        save: impl Fn(&std::path::Path, &[f32], serde_json::Value) -> Result<()> + Send + Sync + 'static,
+    ) -> Job<J> {
+        self.saver = Box::new(save);
         self
     }
 }
@@ -130,8 +140,8 @@ impl<J: PsJob> Workload for Job<J> {
         (self.eval)(params)
     }
 
-    fn model_file(&self) -> (&str, serde_json::Value) {
-        (&self.file.0, self.file.1.clone())
+    fn save(&self, path: &std::path::Path, params: &[f32], training: serde_json::Value) -> Result<()> {
+        (self.saver)(path, params, training)
     }
 }
 

@@ -11,6 +11,16 @@ use cohort::ps::{BlockConfig, Consistency};
 use cohort::Registry;
 use serde::Serialize;
 
+use std::path::Path;
+use std::sync::Arc;
+
+use cohort::Dataset;
+use cohort_ml::datasets;
+use cohort_ml::mlp::Mlp;
+use cohort_ml::ps::{Evaluate, MlpPs, SoftmaxPs, SparseLogRegConfig, SparseLogRegPs};
+use cohort_ml::softmax::SoftmaxConfig;
+use cohort_ml::sparse::{load_libsvm_sparse, SparseGenerator, SparseLoadOptions, SparseSpec};
+
 use crate::cli::PsArgs;
 use crate::launch::start_cluster_with_servers;
 use crate::psrun::{self, server_specs, Eval, Workload};
@@ -144,11 +154,83 @@ pub fn workload(args: &WorkloadSpec) -> Result<Box<dyn Workload>> {
             let data = crate::jobs::linear::generate(rows, features, seed)?;
             let eval_data = data.clone();
             let eval = move |w: &[f32]| Eval { loss: crate::jobs::ps::linear_mse(&eval_data, w) / 2.0, accuracy: None };
-            let job = psrun::Job::new("linear", "sgd:0.05", crate::jobs::ps::PsLinear, features as u64, data, eval)
-                .model_file("linear", serde_json::json!({ "features": features }));
-            Ok(Box::new(job))
+            Ok(Box::new(psrun::Job::new("linear", "sgd:0.05", crate::jobs::ps::PsLinear, features as u64, data, eval)))
+        }
+        "softmax" | "mlp" => {
+            let raw = args.model == "softmax";
+            let request = datasets::Request {
+                name: &args.dataset,
+                train_rows: args.train_rows,
+                seed,
+                raw,
+                ..datasets::Request::default()
+            };
+            let data = datasets::prepare(&request)?;
+            let (train, test, scaling) = (data.train, Arc::new(data.test), data.scaling);
+            if raw {
+                let config = SoftmaxConfig::new(10, train.cols(), 1e-4);
+                let eval = evaluator(SoftmaxPs, config, Arc::clone(&test));
+                let save = move |path: &Path, params: &[f32], training| {
+                    Ok(SoftmaxPs::save_model(path, &config, params, training)?)
+                };
+                let job = psrun::Job::new("softmax", "sgd:0.2", SoftmaxPs, config, train, eval);
+                Ok(Box::new(job.classifier().saver(save)))
+            } else {
+                let mlp = Mlp::new(&[train.cols(), 32, 10])?;
+                let eval = evaluator(MlpPs, mlp.clone(), Arc::clone(&test));
+                let (m, scaling) = (mlp.clone(), scaling.clone());
+                let save = move |path: &Path, params: &[f32], training| {
+                    Ok(MlpPs::save_model(path, &m, params, scaling.as_ref(), training)?)
+                };
+                Ok(Box::new(psrun::Job::new("mlp", "adam:0.002", MlpPs, mlp, train, eval).classifier().saver(save)))
+            }
+        }
+        "sparse" => {
+            let (train, test) = match (&args.train, &args.test) {
+                (Some(train), test) => {
+                    let options = SparseLoadOptions::default().features(args.features as usize);
+                    let t = load_libsvm_sparse(train, &options)?;
+                    let test = test.as_ref().map(|p| load_libsvm_sparse(p, &options)).transpose()?;
+                    (t, test)
+                }
+                (None, Some(_)) => bail!("--test needs --train (or neither: the data is then generated)"),
+                (None, None) => {
+                    let rows = args.train_rows.unwrap_or(100_000);
+                    let spec = |rows, first_row| SparseSpec {
+                        rows,
+                        features: args.features as usize,
+                        nnz: 200,
+                        seed,
+                        first_row,
+                        ..SparseSpec::default()
+                    };
+                    let train = SparseGenerator::new(spec(rows, 0))?.dataset()?;
+                    let test = SparseGenerator::new(spec(rows / 10, rows as u64))?.dataset()?;
+                    (train, Some(test))
+                }
+            };
+            let config = SparseLogRegConfig::for_data(&train, 1e-4)?;
+            let eval_set = Arc::new(test.map_or_else(|| train.data.clone(), |t| t.data));
+            let eval = evaluator(SparseLogRegPs, config, eval_set);
+            let c = config;
+            let save = move |path: &Path, params: &[f32], training| {
+                Ok(SparseLogRegPs::save_model(path, &c, params, training)?)
+            };
+            let job = psrun::Job::new("sparse", "sgd:50", SparseLogRegPs, config, train.data, eval);
+            Ok(Box::new(job.classifier().saver(save)))
         }
         other => bail!("--model {other:?}: cohort train ps knows softmax, mlp, sparse and linear"),
+    }
+}
+
+/// An evaluation function over held-out rows for one of cohort-ml's parameter-server jobs.
+fn evaluator<J: Evaluate>(job: J, config: J::Config, data: Arc<Dataset<f32>>) -> impl Fn(&[f32]) -> Eval + Send + Sync
+where
+    J::Config: Send + Sync,
+{
+    move |params: &[f32]| match job.evaluate(&config, params, &data) {
+        Ok(e) => Eval { loss: e.loss, accuracy: Some(e.accuracy) },
+        Err(_) => Eval { loss: f64::NAN, accuracy: None },
     }
 }
 
@@ -240,14 +322,12 @@ pub fn run(args: PsArgs, _registry: &Registry) -> Result<PsReport> {
         write_json(path, &report)?;
     }
     if let Some(path) = &c.save_model {
-        let (kind, architecture) = work.model_file();
         let training = serde_json::json!({
             "parameter_server": { "consistency": report.consistency, "rule": report.rule, "batch": report.batch,
                                   "clocks": report.clocks, "servers": report.servers },
             "seed": c.seed, "final_loss": report.final_loss, "test_accuracy": report.test_accuracy,
         });
-        let params = cohort_ml::model_file::Params::F32(run.outcome.params.clone());
-        cohort_ml::model_file::save(path, kind, architecture, training, &params, &[])?;
+        work.save(path, &run.outcome.params, training)?;
         println!("  model saved       {}", path.display());
     }
     if let Some(d) = &run.outcome.diverged {
