@@ -24,7 +24,8 @@ pub mod defaults {
     pub const ADAM_LR: f32 = 0.005;
     /// Learning rate of momentum SGD on the MLP.
     pub const SGD_LR: f32 = 0.05;
-    /// Chunks of a patch data set (sparse autoencoder): enough for 64 workers, cheap per chunk (see the README).
+    /// Most chunks of a patch data set (sparse autoencoder): enough for 64 workers. Fewer when the data is small:
+    /// `commands::train::sae_chunks` cuts patches by cost, at least `MIN_CHUNK_FLOPS` of work per chunk.
     pub const SAE_CHUNKS: usize = 64;
     /// Chunks of the MLP's full-batch (L-BFGS) mode: each chunk returns a whole gradient, so fewer chunks cost less.
     pub const LBFGS_CHUNKS: usize = 64;
@@ -393,6 +394,9 @@ pub enum BenchCommand {
     /// runs; completed runs, identical models, detection and recovery times; then a straggler with even and
     /// speed-weighted placement.
     Faults(FaultsArgs),
+    /// The machine's peak (GEMM f32/f64, memory bandwidth) and each model's map against it, with the framework
+    /// overhead of a round on 1 and N workers.
+    Roofline(crate::bench::roofline::RooflineArgs),
 }
 
 /// Arguments of `cohort bench faults`.
@@ -452,7 +456,7 @@ pub struct QjamArgs {
     /// Hidden units.
     #[arg(long, default_value_t = 25)]
     pub hidden: usize,
-    /// Chunks per data set (default: the `cohort train sae` default, 64, so that up to 64 workers have work).
+    /// Chunks per data set (default: the `cohort train sae` default, by cost: 4 for 1 000 patches, up to 64).
     #[arg(long)]
     pub chunks: Option<usize>,
     /// Cut the patches from the PNG/JPEG files in this directory instead of Fashion-MNIST.

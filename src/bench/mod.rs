@@ -7,6 +7,7 @@ pub mod launchers;
 pub mod mlp;
 pub mod qjam;
 pub mod resume;
+pub mod roofline;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Launchers(args) => launchers::run(args),
         BenchCommand::Faults(args) => faults::run(args),
         BenchCommand::Consistency(args) => consistency::run(args),
+        BenchCommand::Roofline(args) => roofline::run(args),
     }
 }
 

@@ -105,7 +105,7 @@ pub fn run(args: QjamArgs) -> Result<()> {
     for &n in &sizes {
         let (values, from) = patches::sample(args.images.as_deref(), Split::Train, n, args.seed)?;
         source = from;
-        datasets.push(Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(n, args.chunks))?);
+        datasets.push(Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(n, &config, args.chunks))?);
     }
     // Whole passes over the grid, so that the repeats of one cell are spread over the run rather than all caught
     // in the same burst of other load.

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use cohort::data::loaders::Split;
+use cohort::data::slicing::{chunk_count_by_cost, MAX_DEFAULT_CHUNKS};
 use cohort::Dataset;
 use cohort_ml::model_file::{self, Params};
 use cohort_ml::optim::OptimResult;
@@ -17,9 +18,11 @@ use crate::launch::{fit, named_dataset, Fitted};
 use crate::patches::{self, PATCH};
 use crate::report::{print_summary, write_json, TrainReport};
 
-/// The chunk count for `rows` patches: `--chunks`, or [`defaults::SAE_CHUNKS`] clamped to the row count.
-pub fn sae_chunks(rows: usize, chunks: Option<usize>) -> usize {
-    chunks.unwrap_or(defaults::SAE_CHUNKS.min(rows.max(1)))
+/// The chunk count for `rows` patches: `--chunks`, or as many chunks as keep each chunk's work at or above
+/// `cohort::data::slicing::MIN_CHUNK_FLOPS` (so 1 000 patches of the default shape make 4 chunks, 100 000 make
+/// [`defaults::SAE_CHUNKS`]). It depends on the data and the model, never on the number of workers.
+pub fn sae_chunks(rows: usize, config: &SaeConfig, chunks: Option<usize>) -> usize {
+    chunks.unwrap_or_else(|| chunk_count_by_cost(rows, config.flops_per_row(), defaults::SAE_CHUNKS))
 }
 
 /// `cohort train linear`: full-batch gradient descent, one map-reduce round per iteration.
@@ -98,7 +101,7 @@ pub fn sae(args: SaeArgs) -> Result<TrainReport> {
     let config = SaeConfig::with_hidden(args.hidden);
     config.validate()?;
     let (values, source) = patches::sample(args.images.as_deref(), Split::Train, args.patches, c.seed)?;
-    let data = Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(args.patches, c.chunks))?;
+    let data = Dataset::new(values, PATCH * PATCH)?.with_chunks(sae_chunks(args.patches, &config, c.chunks))?;
     let mut trainer = LbfgsTrainer::from(config, config.init(c.seed)?, c.iterations);
     let fitted = fit(c, &data, &mut trainer, "sae", c.iterations, |_, _| {})?;
     let r = trainer.result().context("no iteration was run")?;
@@ -130,13 +133,14 @@ pub fn softmax(args: SoftmaxArgs) -> Result<TrainReport> {
         }
         train = cohort_ml::datasets::head(train, Some(n))?;
     }
-    if let Some(chunks) = c.chunks {
-        train = train.with_chunks(chunks)?;
-    }
     let test = named_dataset(&args.dataset, Split::Test)?;
     let classes = cohort_ml::datasets::classes(&train)?;
     let config = SoftmaxConfig::new(classes, train.cols(), args.lambda);
     config.validate()?;
+    let chunks =
+        c.chunks.unwrap_or_else(|| chunk_count_by_cost(train.rows(), config.flops_per_row(), MAX_DEFAULT_CHUNKS));
+    train = train.with_chunks(chunks)?;
+
     let mut trainer = LbfgsTrainer::from(config, config.init()?, c.iterations);
     let fitted = fit(c, &train, &mut trainer, "softmax", c.iterations, |_, _| {})?;
     let r = trainer.result().context("no iteration was run")?;

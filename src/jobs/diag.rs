@@ -1,5 +1,6 @@
-//! Diagnostic jobs: a plain sum (the smallest real job) and a fault injector that makes a worker crash, panic or
-//! abort on a chosen chunk, so failure handling can be exercised against real processes.
+//! Diagnostic jobs: a plain sum (the smallest real job), a job that is nothing but its partial result (to measure
+//! what a round costs per byte of result), and a fault injector that makes a worker crash, panic or abort on a chosen
+//! chunk, so failure handling can be exercised against real processes.
 
 use cohort::{MapReduce, Payload, Serde, Shard};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,30 @@ impl MapReduce for Sum {
 
     fn reduce(&self, a: f64, b: f64) -> f64 {
         a + b
+    }
+}
+
+/// Returns `n` zeros from every chunk (`n` is the parameter) and adds them up element-wise, as a model's partial
+/// sums are added: a round of it costs what the framework spends on a partial result of `8·n` bytes per chunk
+/// (allocating, adding, encoding, sending and decoding it), with no other work. `cohort bench roofline` uses it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Zeros;
+
+impl MapReduce for Zeros {
+    const NAME: &'static str = "cohort.zeros";
+    type Elem = f64;
+    type Params = u64;
+    type Output = Vec<f64>;
+
+    fn map(&self, n: &u64, _: &Shard<'_, f64>) -> Vec<f64> {
+        vec![0.0; usize::try_from(*n).unwrap_or(0)]
+    }
+
+    fn reduce(&self, mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
+        for (x, y) in a.iter_mut().zip(&b) {
+            *x += y;
+        }
+        a
     }
 }
 

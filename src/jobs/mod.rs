@@ -12,6 +12,7 @@ pub fn registry() -> Registry {
     cohort_ml::ps::register(Registry::new())
         .map_reduce(linear::LinearGradient)
         .map_reduce(diag::Sum)
+        .map_reduce(diag::Zeros)
         .map_reduce(diag::Fault)
         .map_reduce(diag::Slow)
         .multipass(diag::PassProbe)

@@ -20,6 +20,10 @@
 //! - [`model_file`]: trained models as safetensors files.
 //! - [`datasets`]: Fashion-MNIST or a generated stand-in, cut and standardised.
 //! - [`kernels`]: single-threaded faer products on row-major slices and a vectorised `exp`/sigmoid.
+//! - [`skinny`]: softmax regression's two products for a few classes, register tiles over `f32` or `f64` rows
+//!   (AVX2/FMA where available, a portable path with the same bits).
+//! - [`roofline`]: the machine's measured limits (GEMM peak in `f32`/`f64`, memory bandwidth) for `cohort bench
+//!   roofline`.
 //! - [`Partial`]: the per-chunk sums every model's job returns.
 //!
 //! Training = an objective that runs one round per evaluation, handed to an optimizer. Sequentially:
@@ -82,7 +86,9 @@ pub mod model_file;
 pub mod optim;
 pub mod partial;
 pub mod ps;
+pub mod roofline;
 pub mod sae;
+pub mod skinny;
 pub mod softmax;
 pub mod sparse;
 pub mod train;

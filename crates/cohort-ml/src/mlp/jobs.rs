@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::optimizer::{Optimizer, OptimizerSpec};
 use super::{Mlp, Workspace};
 use crate::error::Result;
+use crate::kernels::Accum;
 
 /// What every worker needs to know to train: shape, update rule, batch size and pass length.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -303,9 +304,15 @@ impl PsgdJob {
             started = true;
             let s = &mut local.sampler;
             let nb = s.next_batch(batch, d, shards, &classes, &starts);
-            local.grad.fill(0.0);
-            let (loss, correct) =
-                mlp.batch_grad(&local.theta, &s.x, &s.y, &mut s.ws, &mut local.grad, 1.0 / nb as f32)?;
+            let (loss, correct) = mlp.batch_grad_with(
+                &local.theta,
+                &s.x,
+                &s.y,
+                &mut s.ws,
+                &mut local.grad,
+                1.0 / nb as f32,
+                Accum::Replace,
+            )?;
             optimizer.step(&mut local.theta, &local.grad);
             stats.add(PassStats { loss_sum: loss, correct: correct as u64, seen: nb as u64 });
             steps -= 1;

@@ -182,6 +182,23 @@ impl Mlp {
         grad: &mut [f32],
         scale: f32,
     ) -> Result<(f64, usize)> {
+        self.batch_grad_with(theta, x, y, ws, grad, scale, Accum::Add)
+    }
+
+    /// As [`batch_grad`](Self::batch_grad), with `accum` choosing whether `scale ×` the gradient is added to
+    /// `grad` (`Accum::Add`) or overwrites it (`Accum::Replace`: no need to zero `grad` first, and the products
+    /// write instead of read-modify-write).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_grad_with(
+        &self,
+        theta: &[f32],
+        x: &[f32],
+        y: &[u32],
+        ws: &mut Workspace,
+        grad: &mut [f32],
+        scale: f32,
+        accum: Accum,
+    ) -> Result<(f64, usize)> {
         let nb = y.len();
         let depth = self.layers.len() - 1;
         ws.ensure(self, nb);
@@ -195,11 +212,14 @@ impl Mlp {
             let (gw, gb) = self.layer_mut(grad, l);
             matmul_f32(
                 view_mut(gw, n_out, n_in)?,
-                Accum::Add,
+                accum,
                 view(delta, nb, n_out)?.transpose(),
                 view(input, nb, n_in)?,
                 scale,
             )?;
+            if accum == Accum::Replace {
+                gb.fill(0.0);
+            }
             column_sums(delta, gb, scale);
             if l > 0 {
                 let (w, _) = self.layer(theta, l);

@@ -100,6 +100,10 @@ fn gradient_accumulates_with_a_scale() {
     for (a, b) in whole.iter().zip(&halves) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
+    // Replacing gives what adding to zeros gives, whatever the buffer held.
+    let mut replaced = vec![f32::NAN; mlp.n_params()];
+    mlp.batch_grad_with(&theta, &x, &y, &mut ws, &mut replaced, 0.5, Accum::Replace).unwrap();
+    assert_eq!(replaced, whole);
 }
 
 /// Two Gaussian blobs per class in 10 dimensions.
