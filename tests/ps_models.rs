@@ -157,6 +157,25 @@ fn sparse_logistic_regression_moves_only_touched_keys_under_async_and_ssp() {
     }
 }
 
+/// One server holding every key takes pushes of over 100 kB in one frame (a frame's header is at most 64 KiB, so the
+/// links carry the request as the payload): each batch of 100 rows × 200 non-zeros pushes about 12 000 keys.
+#[test]
+fn one_server_takes_pushes_larger_than_a_frame_header() {
+    const FEATURES: usize = 1 << 20;
+    let spec = SparseSpec { rows: 1_000, features: FEATURES, nnz: 200, seed: 8, ..SparseSpec::default() };
+    let set = SparseGenerator::new(spec).unwrap().dataset().unwrap();
+    let config = SparseLogRegConfig::for_data(&set, 1e-4).unwrap();
+    let mut c = ps_cluster(1, 1);
+    let h = c.load(&set.data).unwrap();
+    let out = c.train_ps(&SparseLogRegPs, &config, &h, &options("async", "sgd:50", 100, 10), |_| {}).unwrap();
+    let push = &out.metrics[0].push_in;
+    assert_eq!(push.messages, 10, "every push reached the server: {push:?}");
+    assert!(push.bytes / push.messages > 100_000, "pushes of {} bytes each", push.bytes / push.messages);
+    let before = SparseLogRegPs.evaluate(&config, &vec![0.0; FEATURES], &set.data).unwrap();
+    let after = SparseLogRegPs.evaluate(&config, &out.params, &set.data).unwrap();
+    assert!(after.loss < 0.9 * before.loss, "objective {} → {}", before.loss, after.loss);
+}
+
 /// The README's sample of training sparse logistic regression from a program is the example program's code (which
 /// `cargo test` compiles), line for line and in order.
 #[test]

@@ -22,7 +22,7 @@ pub use message::{ChunkMeta, DatasetId, ElemType, FileFormat, FileSource, Messag
 /// Eight bytes that open every master's first frame.
 pub const MAGIC: [u8; 8] = *b"COHORT\x00\x01";
 /// Version of this protocol; both sides must match exactly.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Errors of the wire layer.
 #[derive(Debug, thiserror::Error)]

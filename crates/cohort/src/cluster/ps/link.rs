@@ -1,5 +1,7 @@
 //! Links between the processes of a parameter-server run: a worker to every server, a server to the next server of
-//! each chain. TCP, framed like every cohort connection, with a header of its own ([`PsFrame`]).
+//! each chain. TCP, framed like every cohort connection (length prefix, header length), with an empty header and a
+//! postcard-encoded [`PsFrame`] as the payload: a frame's `u16` header length would cap a push or a reply at 64 KiB,
+//! and a sparse push of a few thousand keys is larger than that.
 //!
 //! A connection is admitted only after both sides prove the job secret (the same per-job secret as the master's
 //! connections), by HMAC over two fresh nonces; the secret never crosses the connection:
@@ -14,7 +16,7 @@
 //! After that each side has a [`Link`]: a writer thread drains a queue (so the server's loop and the worker's
 //! computation never block on a slow peer) and a reader thread turns frames into events on a channel.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::ps::{Reply, Request};
 use crate::wire::frame::{encode_prefix, read_frame_of, MAX_FRAME, MAX_HANDSHAKE_FRAME};
 use crate::wire::handshake::{random_bytes, Secret};
-use crate::wire::{MAGIC, PROTOCOL_VERSION};
+use crate::wire::{WireError, MAGIC, PROTOCOL_VERSION};
 
 /// Who is at the other end of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -35,7 +37,7 @@ pub(crate) enum Peer {
     Server(u32),
 }
 
-/// The header of every frame on a parameter-server link.
+/// What every frame on a parameter-server link carries (as its payload).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum PsFrame {
     /// Client → server, first frame.
@@ -87,13 +89,18 @@ impl Link {
         std::thread::Builder::new().name(format!("cohort-ps-read-{peer:?}")).spawn(move || {
             let mut r = BufReader::with_capacity(256 * 1024, reader);
             loop {
-                match read_frame_of::<PsFrame, _>(&mut r, MAX_FRAME) {
+                match read_ps_frame(&mut r, MAX_FRAME) {
                     Ok(Some(frame)) => {
-                        if events.send(wrap(LinkEvent::Frame(peer, frame.message))).is_err() {
+                        if events.send(wrap(LinkEvent::Frame(peer, frame))).is_err() {
                             return;
                         }
                     }
-                    _ => {
+                    Ok(None) => {
+                        let _ = events.send(wrap(LinkEvent::Closed(peer)));
+                        return;
+                    }
+                    Err(e) => {
+                        eprintln!("cohort parameter-server link from {peer:?}: {e}; closing it");
                         let _ = events.send(wrap(LinkEvent::Closed(peer)));
                         return;
                     }
@@ -104,11 +111,28 @@ impl Link {
         Ok(Link { tx: Some(tx), sent })
     }
 
-    /// Queues a frame. A dead link shows up as a [`LinkEvent::Closed`].
-    pub fn send(&self, frame: &PsFrame) {
-        if let (Some(tx), Ok(bytes)) = (&self.tx, encode(frame)) {
+    /// Queues a frame. A dead link shows up as a [`LinkEvent::Closed`]; a frame that cannot be encoded (larger than
+    /// [`MAX_FRAME`]) is an error naming its size, and nothing is sent.
+    pub fn send(&self, frame: &PsFrame) -> Result<(), String> {
+        let bytes = encode(frame).map_err(|e| format!("cannot send a {} frame: {e}", frame.kind()))?;
+        if let Some(tx) = &self.tx {
             self.sent.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let _ = tx.send(bytes);
+        }
+        Ok(())
+    }
+}
+
+impl PsFrame {
+    /// The variant's name, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PsFrame::Hello { .. } => "Hello",
+            PsFrame::Challenge { .. } => "Challenge",
+            PsFrame::Proof { .. } => "Proof",
+            PsFrame::Request { .. } => "Request",
+            PsFrame::Reply { .. } => "Reply",
+            PsFrame::Forward { .. } => "Forward",
         }
     }
 }
@@ -119,8 +143,18 @@ impl Drop for Link {
     }
 }
 
-fn encode(frame: &PsFrame) -> Result<Vec<u8>, crate::wire::WireError> {
-    encode_prefix(frame, 0)
+/// One frame: the prefix of an empty header, then `frame` in postcard as the payload.
+fn encode(frame: &PsFrame) -> Result<Vec<u8>, WireError> {
+    let body = postcard::to_allocvec(frame).map_err(|e| WireError::Encode(e.to_string()))?;
+    let mut bytes = encode_prefix(&(), body.len())?;
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// Reads one frame of [`encode`]'s layout; `Ok(None)` on a clean close.
+fn read_ps_frame<R: Read>(r: &mut R, max_len: u32) -> Result<Option<PsFrame>, WireError> {
+    let Some(frame) = read_frame_of::<(), _>(r, max_len)? else { return Ok(None) };
+    postcard::from_bytes(&frame.payload).map(Some).map_err(|e| WireError::Malformed(format!("bad link frame: {e}")))
 }
 
 fn write_loop(rx: Receiver<Vec<u8>>, stream: TcpStream) {
@@ -145,8 +179,8 @@ fn send_now(stream: &mut TcpStream, frame: &PsFrame) -> Result<(), String> {
 }
 
 fn recv_now(stream: &mut TcpStream) -> Result<PsFrame, String> {
-    match read_frame_of::<PsFrame, _>(stream, MAX_HANDSHAKE_FRAME) {
-        Ok(Some(f)) => Ok(f.message),
+    match read_ps_frame(stream, MAX_HANDSHAKE_FRAME) {
+        Ok(Some(f)) => Ok(f),
         Ok(None) => Err("the peer closed the connection during the handshake".into()),
         Err(e) => Err(format!("handshake: {e}")),
     }
@@ -222,4 +256,36 @@ pub(crate) fn admit(stream: &mut TcpStream, run: u64, secret: &Secret, timeout: 
 /// Opens a listening socket on every interface, on a free port.
 pub(crate) fn listen() -> std::io::Result<TcpListener> {
     TcpListener::bind("0.0.0.0:0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ps::Update;
+
+    #[test]
+    fn frames_far_beyond_a_header_round_trip_and_bad_ones_are_errors() {
+        // A sparse push of 50 000 keys: about 600 kB, ten times what a frame header may hold.
+        let keys: Vec<u64> = (0..50_000).map(|k| k * 7).collect();
+        let values: Vec<f32> = (0..50_000).map(|k| k as f32 * 0.5).collect();
+        let push = Request::Push { worker: 1, clock: 3, seq: 9, update: Update::Sparse { keys, values } };
+        let frame = PsFrame::Request { range: 2, request: push.clone() };
+        let bytes = encode(&frame).unwrap();
+        assert!(bytes.len() > 300_000, "{} bytes", bytes.len());
+        let mut r = bytes.as_slice();
+        match read_ps_frame(&mut r, MAX_FRAME).unwrap() {
+            Some(PsFrame::Request { range: 2, request }) => assert_eq!(request, push),
+            other => panic!("read back {other:?}"),
+        }
+        assert!(read_ps_frame(&mut r, MAX_FRAME).unwrap().is_none(), "a clean end after the frame");
+        // Above the bound (the handshake's 64 KiB): refused before reading the body.
+        assert!(matches!(
+            read_ps_frame(&mut bytes.as_slice(), MAX_HANDSHAKE_FRAME),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+        // A cut frame and a payload that is no frame are errors, not panics.
+        assert!(read_ps_frame(&mut &bytes[..bytes.len() / 2], MAX_FRAME).is_err());
+        let junk = [encode_prefix(&(), 3).unwrap(), vec![0xff, 0xff, 0xff]].concat();
+        assert!(matches!(read_ps_frame(&mut junk.as_slice(), MAX_FRAME), Err(WireError::Malformed(_))));
+    }
 }

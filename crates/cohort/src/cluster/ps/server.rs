@@ -196,7 +196,7 @@ impl Server {
                 }
             }
             Event::Link(LinkEvent::Frame(peer, other)) => {
-                eprintln!("cohort parameter server: unexpected {} from {peer:?}", frame_kind(&other));
+                eprintln!("cohort parameter server: unexpected {} from {peer:?}", other.kind());
             }
             Event::Control(Control::Chains { chains, addrs }) => self.chains_changed(chains, addrs),
             Event::Control(Control::Inject { range, request }) => {
@@ -239,7 +239,9 @@ impl Server {
         if tail {
             for out in outs {
                 if let Some(link) = self.links.get(&Peer::Worker(out.to)) {
-                    link.send(&PsFrame::Reply { range, reply: out.reply });
+                    if let Err(e) = link.send(&PsFrame::Reply { range, reply: out.reply }) {
+                        eprintln!("cohort parameter server {}: to worker {}: {e}", self.me, out.to);
+                    }
                 }
             }
         }
@@ -254,7 +256,9 @@ impl Server {
                 self.connect_to(next);
             }
             if let Some(link) = self.next.get(&next) {
-                link.send(&PsFrame::Forward { range, items });
+                if let Err(e) = link.send(&PsFrame::Forward { range, items }) {
+                    eprintln!("cohort parameter server {}: to server {next}: {e}", self.me);
+                }
             }
         }
     }
@@ -300,16 +304,5 @@ impl Server {
         payload.extend_from_slice(&metrics);
         let msg = Message::PsFetched { run: self.run, range, req, metrics_len: metrics.len() as u64 };
         (self.notify)(msg, payload);
-    }
-}
-
-fn frame_kind(f: &PsFrame) -> &'static str {
-    match f {
-        PsFrame::Hello { .. } => "Hello",
-        PsFrame::Challenge { .. } => "Challenge",
-        PsFrame::Proof { .. } => "Proof",
-        PsFrame::Request { .. } => "Request",
-        PsFrame::Reply { .. } => "Reply",
-        PsFrame::Forward { .. } => "Forward",
     }
 }

@@ -166,12 +166,14 @@ impl Trainer {
         self.links.get(s)
     }
 
-    fn send(&mut self, requests: Vec<(usize, crate::ps::Request)>) {
+    /// Sends requests to the heads of their ranges; a request too large for a frame fails the worker.
+    fn send(&mut self, requests: Vec<(usize, crate::ps::Request)>) -> Result<(), String> {
         for (range, request) in requests {
             if let Some(link) = self.head(range) {
-                link.send(&PsFrame::Request { range: range as u32, request });
+                link.send(&PsFrame::Request { range: range as u32, request })?;
             }
         }
+        Ok(())
     }
 
     fn run(&mut self, rx: &Receiver<Event>) -> Result<(), String> {
@@ -202,7 +204,7 @@ impl Trainer {
             };
             self.write(clock, update)?;
             let requests = self.client.advance();
-            self.send(requests);
+            self.send(requests)?;
             self.since_report.0.add(stats);
             if self.spec.progress_every > 0 && (clock + 1) % self.spec.progress_every == 0 {
                 self.report(clock + 1);
@@ -214,7 +216,7 @@ impl Trainer {
             for update in filter.flush() {
                 let requests = self.client.push(update).map_err(|e| e.to_string())?;
                 self.count_push(&requests);
-                self.send(requests);
+                self.send(requests)?;
             }
         }
         let deadline = Instant::now() + STUCK;
@@ -222,8 +224,11 @@ impl Trainer {
             self.wait_one(rx, deadline)?;
         }
         let requests = self.client.leave();
-        self.send(requests);
-        self.report(self.spec.clocks);
+        self.send(requests)?;
+        // The rows since the last report (none when the last clock was itself a report's).
+        if self.since_report.0.rows > 0 {
+            self.report(self.spec.clocks);
+        }
         let msg = Message::PsDone {
             run: self.spec.run,
             worker: self.spec.worker,
@@ -261,7 +266,7 @@ impl Trainer {
             self.traffic.1 += sel.payload_bytes();
             self.traffic.3 += 1;
             waiting.insert(id, sel.clone());
-            self.send(requests);
+            self.send(requests)?;
         }
         let t = Instant::now();
         let deadline = t + STUCK;
@@ -303,7 +308,7 @@ impl Trainer {
         for update in updates {
             let requests = self.client.push(update).map_err(|e| e.to_string())?;
             self.count_push(&requests);
-            self.send(requests);
+            self.send(requests)?;
         }
         Ok(())
     }
@@ -334,7 +339,7 @@ impl Trainer {
                 Ok(None)
             }
             Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {
-                self.resend_all();
+                self.resend_all()?;
                 Ok(None)
             }
             Err(RecvTimeoutError::Timeout) => Err(format!("no answer from the parameter servers for {STUCK:?}")),
@@ -367,7 +372,7 @@ impl Trainer {
                 // The head gets again what was not answered: a new head never saw it, and an old head may have
                 // passed it to a lost successor. Sequence numbers make the re-sends harmless.
                 self.failed_over = true;
-                self.resend_all();
+                self.resend_all()?;
             }
             Event::Control(Control::End) => {
                 self.ended = true;
@@ -383,11 +388,12 @@ impl Trainer {
     }
 
     /// Re-sends every range's unanswered requests to its head.
-    fn resend_all(&mut self) {
+    fn resend_all(&mut self) -> Result<(), String> {
         for range in 0..self.spec.chains.len() {
             let requests = self.client.resend(range);
-            self.send(requests.into_iter().map(|r| (range, r)).collect());
+            self.send(requests.into_iter().map(|r| (range, r)).collect())?;
         }
+        Ok(())
     }
 
     fn report(&mut self, clock: u64) {
