@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cohort::cluster::{PsEvent, PsOptions, PsOutcome};
-use cohort::ps::PsJob;
+use cohort::ps::{BlockConfig, Consistency, PsJob};
 use cohort::{Cluster, Dataset, DatasetHandle};
 
 /// A model's quality at some parameters.
@@ -208,6 +208,79 @@ pub fn run(
     let last = work.evaluate(&outcome.params);
     curve.push((outcome.wall.as_secs_f64(), last));
     Ok(Run { outcome, curve, last, reports })
+}
+
+/// A run's settings as the command line and the benchmarks give them (strings and plain numbers), checked and turned
+/// into the library's [`PsOptions`] by [`Settings::options`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `bsp`, `ssp:S`, `asp:S,W` or `async`.
+    pub consistency: String,
+    /// The servers' update rule (`None`: the workload's default).
+    pub rule: Option<String>,
+    /// Mini-batch rows.
+    pub batch: usize,
+    /// Seed of the initial model and the batch order.
+    pub seed: u64,
+    /// Servers per key range.
+    pub replication: usize,
+    /// Model block scheduling, `KEYS,THRESHOLD,PERIOD`.
+    pub blocks: Option<String>,
+    /// Random slow-down of each clock, up to `1 + jitter` times.
+    pub jitter: f32,
+    /// Seconds between snapshots of the model.
+    pub eval_every: Option<f64>,
+    /// Stop when a loss exceeds this many times the first (0: never).
+    pub divergence: f64,
+}
+
+impl Settings {
+    /// The library's options for `clocks` clocks per worker of `work`; every setting checked, with an error naming
+    /// the flag.
+    pub fn options(&self, work: &dyn Workload, clocks: u64) -> Result<PsOptions> {
+        let consistency: Consistency = self
+            .consistency
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--consistency {:?}: {e} (bsp, ssp:S, asp:S,W or async)", self.consistency))?;
+        let rule = self.rule.clone().unwrap_or_else(|| work.default_rule().to_string());
+        rule.parse::<cohort::ps::RuleSpec>().map_err(|e| anyhow::anyhow!("--rule {rule:?}: {e}"))?;
+        if self.replication == 0 {
+            bail!("--replication must be at least 1");
+        }
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        if !(self.jitter.is_finite() && self.jitter >= 0.0) {
+            bail!("--jitter must be 0 or more, got {}", self.jitter);
+        }
+        if !(self.divergence.is_finite() && (self.divergence == 0.0 || self.divergence > 1.0)) {
+            bail!("--divergence must be 0 (never stop) or a factor above 1, got {}", self.divergence);
+        }
+        Ok(PsOptions {
+            consistency,
+            rule,
+            batch: self.batch,
+            clocks,
+            seed: self.seed,
+            replication: self.replication,
+            blocks: self.blocks.as_deref().map(parse_blocks).transpose()?,
+            jitter: self.jitter,
+            progress_every: (clocks / 20).clamp(1, 50),
+            eval_every: self.eval_every.map(|s| seconds("eval-every", s)).transpose()?,
+            divergence: (self.divergence > 0.0).then_some(self.divergence),
+        })
+    }
+}
+
+/// `--blocks KEYS,THRESHOLD,PERIOD`.
+pub fn parse_blocks(s: &str) -> Result<BlockConfig> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let bad = || anyhow::anyhow!("--blocks {s:?} must look like KEYS,THRESHOLD,PERIOD, e.g. 1024,0.01,8");
+    let [keys, threshold, period] = parts[..] else { return Err(bad()) };
+    let (Ok(block), Ok(threshold), Ok(max_period)) = (keys.parse(), threshold.parse(), period.parse()) else {
+        return Err(bad());
+    };
+    Ok(BlockConfig { block, threshold, max_period })
 }
 
 /// Clocks per worker for `epochs` passes over `rows` rows by `workers` workers with mini-batches of `batch`.

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use cohort::cluster::PsOptions;
+use cohort::cluster::{PsEvent, PsOptions};
 use cohort::{Cluster, Dataset, WorkerSpec};
 use cohort_cli::jobs::linear::generate;
 use cohort_cli::jobs::ps::{linear_mse as mse, PsCounter, PsLinear};
@@ -89,6 +89,42 @@ fn a_server_killed_under_replication_two_loses_no_acknowledged_update() {
     assert!(c.failures()[0].recovered.is_some(), "the workers did not go on after the failover");
     // Every key was pushed once per clock by each of the two workers: exactly 6 000, none lost, none twice.
     assert!(out.params.iter().all(|&v| v == 6_000.0), "counts {:?}", &out.params[..10]);
+}
+
+/// One run loses a server (replication 2 keeps its ranges) and a worker (dropped): it completes, its failures name
+/// both, and the counts show no acknowledged update lost: the survivors' 2 × 3 000 pushes on every key, plus the
+/// lost worker's, the same on every key of a range.
+#[test]
+fn a_run_survives_losing_a_server_and_a_worker() {
+    let data = Dataset::new((0..600).map(f64::from).collect(), 1).unwrap().with_chunks(6).unwrap();
+    let mut c = ps_cluster(3, 3);
+    let h = c.load(&data).unwrap();
+    // Killed as worker 0 passes clocks 1 000 and 2 000 (not by time: a fast machine could finish first).
+    let mut victims = vec![pid_of(&c.worker_labels()[2]), pid_of(&c.server_labels()[1])];
+    let opts = PsOptions { rule: "sgd:1".into(), replication: 2, clocks: 3_000, batch: 8, ..options("ssp:2", 0) };
+    let out = c
+        .train_ps(&PsCounter, &(90, 0), &h, &opts, |e| {
+            if let PsEvent::Progress { worker: 0, clock, .. } = e {
+                if clock >= 1_000 * (3 - victims.len() as u64) {
+                    if let Some(pid) = victims.pop() {
+                        // SAFETY: signalling a process this test's cluster started.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    }
+                }
+            }
+        })
+        .unwrap();
+    assert!(victims.is_empty(), "worker 0 did not report clocks 1 000 and 2 000");
+    let failures = c.failures();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(failures.iter().any(|f| f.worker.starts_with("server") && f.recovered.is_some()), "{failures:?}");
+    assert!(failures.iter().any(|f| f.worker.starts_with("worker")), "{failures:?}");
+    let lost: Vec<bool> = out.workers.iter().map(|w| w.lost).collect();
+    assert_eq!(lost, [false, false, true], "{:?}", out.workers);
+    assert!(out.params.iter().all(|&v| (6_000.0..=9_000.0).contains(&v)), "{:?}", &out.params[..5]);
+    for range in out.params.chunks(30) {
+        assert!(range.iter().all(|&v| v == range[0]), "a range's keys disagree: {range:?}");
+    }
 }
 
 #[test]

@@ -4,19 +4,18 @@
 //! is fetched and evaluated every `--eval-every` seconds, and the table gives the time to the target accuracy (or
 //! objective), the final accuracy, the bytes moved, the staleness observed and the barrier wait. Optional sections:
 //! model block scheduling against plain SSP (bytes at equal accuracy), and a server killed mid-run under
-//! replication 2 (recovery time). A CSV and an SVG of accuracy against time are written on request.
+//! replication 2 (recovery time). `--servers 1,2` repeats the table for each server count (the servers' update rate
+//! side by side, e.g. for the sparse model). A CSV and an SVG of accuracy against time are written on request.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use clap::Args;
-use cohort::cluster::PsOptions;
-
 use crate::cli::{defaults, LaunchArgs};
-use crate::commands::ps::{parse_blocks, workload, WorkloadSpec};
+use crate::commands::ps::{workload, WorkloadSpec};
 use crate::plot::Chart;
 use crate::psrun::{self, Run};
 use crate::report::human_bytes;
+use anyhow::{Context, Result};
+use clap::Args;
 
 /// Arguments of `cohort bench consistency`.
 #[derive(Debug, Args)]
@@ -30,9 +29,9 @@ pub struct ConsistencyArgs {
     /// Local worker processes.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// Local server processes.
-    #[arg(long, default_value_t = 2)]
-    pub servers: usize,
+    /// Local server processes; a list (`1,2`) repeats the table for each count.
+    #[arg(long, default_value = "2")]
+    pub servers: String,
     /// How many times slower worker 0 is in the second half of the table (1: no straggler runs).
     #[arg(long, default_value_t = 3.0)]
     pub straggler: f32,
@@ -86,6 +85,8 @@ pub struct ConsistencyArgs {
 /// One run of the table.
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// Server processes.
+    pub servers: usize,
     /// `none`, `3x` or `jitter`.
     pub setting: String,
     /// The mode (and `+blocks`).
@@ -112,11 +113,12 @@ pub struct Row {
     pub curve: Vec<(f64, f64)>,
 }
 
-fn row(setting: &str, mode: &str, run: &Run, target: Target) -> Row {
+fn row(servers: usize, setting: &str, mode: &str, run: &Run, target: Target) -> Row {
     let o = &run.outcome;
     let (pushed, pulled) = o.bytes();
     let waited = o.workers.iter().map(|w| w.waited.as_secs_f64()).sum::<f64>() / o.workers.len().max(1) as f64;
     Row {
+        servers,
         setting: setting.into(),
         mode: mode.into(),
         to_target: match target {
@@ -141,6 +143,16 @@ enum Target {
     Loss(f64),
 }
 
+/// `--servers 1,2`: positive counts.
+fn counts(s: &str) -> Result<Vec<usize>> {
+    let counts: Vec<usize> = s
+        .split(',')
+        .map(|c| c.trim().parse().ok().filter(|&n| n >= 1))
+        .collect::<Option<_>>()
+        .with_context(|| format!("--servers {s:?} must be counts of at least 1, e.g. 2 or 1,2"))?;
+    Ok(counts)
+}
+
 fn modes(s: &str) -> Result<Vec<String>> {
     let modes: Vec<String> =
         s.split([' ', ';']).filter(|m| !m.trim().is_empty()).map(|m| m.trim().to_string()).collect();
@@ -154,7 +166,8 @@ fn modes(s: &str) -> Result<Vec<String>> {
 /// Runs the benchmark.
 pub fn run(args: ConsistencyArgs) -> Result<()> {
     let modes = modes(&args.modes)?;
-    anyhow::ensure!(args.workers >= 1 && args.servers >= 1, "--workers and --servers must be at least 1");
+    let server_counts = counts(&args.servers)?;
+    anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
     let spec = WorkloadSpec {
         model: args.model.clone(),
         seed: args.seed,
@@ -164,21 +177,34 @@ pub fn run(args: ConsistencyArgs) -> Result<()> {
         test: None,
         features: args.features,
     };
-    let mut settings: Vec<(String, Option<f32>, f32)> = vec![("none".into(), None, args.jitter)];
-    if args.straggler > 1.0 {
-        settings.push((format!("{}x", args.straggler), Some(args.straggler), args.jitter));
+    let mut settings: Vec<(usize, String, Option<f32>)> = Vec::new();
+    for &n in &server_counts {
+        settings.push((n, "none".into(), None));
+        if args.straggler > 1.0 {
+            settings.push((n, format!("{}x", args.straggler), Some(args.straggler)));
+        }
     }
-    let blocks = args.blocks.as_deref().map(parse_blocks).transpose()?;
+    let base = psrun::Settings {
+        consistency: String::new(),
+        rule: args.rule.clone(),
+        batch: args.batch,
+        seed: args.seed,
+        replication: 1,
+        blocks: None,
+        jitter: args.jitter,
+        eval_every: Some(args.eval_every),
+        divergence: cohort::cluster::DEFAULT_DIVERGENCE,
+    };
     let mut rows = Vec::new();
     let mut target = None;
-    for (setting, straggler, jitter) in &settings {
+    for (servers, setting, straggler) in &settings {
         let mut launch = LaunchArgs::default();
         if let Some(f) = straggler {
             launch.straggler = vec![format!("0:{f}")];
         }
-        let servers = vec![cohort::WorkerSpec::Local { count: args.servers }];
+        let specs = vec![cohort::WorkerSpec::Local { count: *servers }];
         let workers = format!("local:{}", args.workers);
-        let (mut cluster, _) = crate::launch::start_cluster_with_servers(Some(&workers), &launch, servers)?;
+        let (mut cluster, _) = crate::launch::start_cluster_with_servers(Some(&workers), &launch, specs)?;
         let mut work = workload(&spec)?;
         work.load(&mut cluster)?;
         let t = *target.get_or_insert_with(|| match (work.classifier(), args.target_loss) {
@@ -189,7 +215,7 @@ pub fn run(args: ConsistencyArgs) -> Result<()> {
         let clocks = psrun::clocks_for(args.epochs, work.rows(), args.workers, args.batch);
         if rows.is_empty() {
             println!(
-                "consistency modes: {} ({} keys, {} rows), {} workers, {} servers, {clocks} clocks of {} rows each, \
+                "consistency modes: {} ({} keys, {} rows), {} workers, {} server(s), {clocks} clocks of {} rows each, \
                  target {}",
                 work.name(),
                 work.num_params(),
@@ -204,29 +230,17 @@ pub fn run(args: ConsistencyArgs) -> Result<()> {
             );
             print_header();
         }
-        let mut runs: Vec<(String, Option<cohort::ps::BlockConfig>)> =
-            modes.iter().map(|m| (m.clone(), None)).collect();
-        if let (Some(b), None) = (blocks, straggler) {
-            runs.push(("ssp:1".into(), Some(b)));
+        let mut runs: Vec<(String, Option<String>)> = modes.iter().map(|m| (m.clone(), None)).collect();
+        if let (Some(b), None) = (&args.blocks, straggler) {
+            runs.push(("ssp:1".into(), Some(b.clone())));
         }
         for (mode, blocks) in runs {
-            let options = PsOptions {
-                consistency: mode.parse().map_err(anyhow::Error::msg)?,
-                rule: args.rule.clone().unwrap_or_else(|| work.default_rule().to_string()),
-                batch: args.batch,
-                clocks,
-                seed: args.seed,
-                replication: 1,
-                blocks,
-                jitter: *jitter,
-                progress_every: (clocks / 20).max(1),
-                eval_every: Some(psrun::seconds("eval-every", args.eval_every)?),
-                divergence: Some(cohort::cluster::DEFAULT_DIVERGENCE),
-            };
+            let settings = psrun::Settings { consistency: mode.clone(), blocks: blocks.clone(), ..base.clone() };
+            let options = settings.options(work.as_ref(), clocks)?;
             let run = psrun::run(&mut cluster, work.as_ref(), &options, |_| {})
-                .with_context(|| format!("{mode} with straggler {setting}"))?;
+                .with_context(|| format!("{mode} with straggler {setting}, {servers} server(s)"))?;
             let name = if blocks.is_some() { format!("{mode}+blocks") } else { mode.clone() };
-            let r = row(setting, &name, &run, t);
+            let r = row(*servers, setting, &name, &run, t);
             print_row(&r);
             if let Some(d) = &run.outcome.diverged {
                 println!("    ({d})");
@@ -237,7 +251,7 @@ pub fn run(args: ConsistencyArgs) -> Result<()> {
     }
     summarise(&rows);
     if args.kill {
-        kill(&args, &spec)?;
+        kill(&args, &spec, &base)?;
     }
     if let Some(path) = &args.csv {
         std::fs::write(path, csv(&rows)).with_context(|| format!("cannot write {}", path.display()))?;
@@ -257,14 +271,26 @@ pub fn run(args: ConsistencyArgs) -> Result<()> {
 
 fn print_header() {
     println!(
-        "{:<8} {:<14} {:>9} {:>9} {:>9} {:>8} {:>10} {:>10} {:>11} {:>10} {:>8}",
-        "slow", "mode", "to target", "accuracy", "loss", "wall", "pushed", "pulled", "staleness", "updates/s", "waited"
+        "{:>3} {:<8} {:<14} {:>9} {:>9} {:>9} {:>8} {:>10} {:>10} {:>11} {:>10} {:>8}",
+        "srv",
+        "slow",
+        "mode",
+        "to target",
+        "accuracy",
+        "loss",
+        "wall",
+        "pushed",
+        "pulled",
+        "staleness",
+        "updates/s",
+        "waited"
     );
 }
 
 fn print_row(r: &Row) {
     println!(
-        "{:<8} {:<14} {:>9} {:>9} {:>9.4} {:>7.2}s {:>10} {:>10} {:>6.2}/{:<4} {:>10.0} {:>7.2}s",
+        "{:>3} {:<8} {:<14} {:>9} {:>9} {:>9.4} {:>7.2}s {:>10} {:>10} {:>6.2}/{:<4} {:>10.0} {:>7.2}s",
+        r.servers,
         r.setting,
         r.mode,
         r.to_target.map_or("never".into(), |t| format!("{t:.2}s")),
@@ -283,8 +309,11 @@ fn print_row(r: &Row) {
 /// The targets: with the straggler, the best of SSP/ASP against BSP (≥ 1.5x sooner, accuracy within 0.5 %), and
 /// block scheduling against SSP(1) (≥ 30 % fewer bytes).
 fn summarise(rows: &[Row]) {
-    for setting in rows.iter().map(|r| r.setting.clone()).collect::<std::collections::BTreeSet<_>>() {
-        let of = |m: &str| rows.iter().find(|r| r.setting == setting && r.mode == m);
+    let groups: std::collections::BTreeSet<(usize, String)> =
+        rows.iter().map(|r| (r.servers, r.setting.clone())).collect();
+    for (servers, setting) in groups {
+        let rows: Vec<&Row> = rows.iter().filter(|r| r.servers == servers).collect();
+        let of = |m: &str| rows.iter().copied().find(|r| r.setting == setting && r.mode == m);
         let Some(bsp) = of("bsp") else { continue };
         let bounded = rows.iter().filter(|r| {
             r.setting == setting
@@ -295,14 +324,14 @@ fn summarise(rows: &[Row]) {
             bounded.filter(|r| r.to_target.is_some()).min_by(|a, b| a.to_target.partial_cmp(&b.to_target).unwrap());
         match (bsp.to_target, best) {
             (Some(tb), Some(b)) => println!(
-                "straggler {setting}: {} reached the target {:.2}x as fast as BSP (target ≥ 1.5x with a straggler); final \
+                "{servers} server(s), straggler {setting}: {} reached the target {:.2}x as fast as BSP (target ≥ 1.5x with a straggler); final \
                  accuracy {} vs BSP's {} (target within 0.005)",
                 b.mode,
                 tb / b.to_target.unwrap_or(f64::NAN),
                 b.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
                 bsp.accuracy.map_or("-".into(), |a| format!("{a:.4}"))
             ),
-            _ => println!("straggler {setting}: BSP or every bounded mode missed the target"),
+            _ => println!("{servers} server(s), straggler {setting}: BSP or every bounded mode missed the target"),
         }
         if let (Some(plain), Some(blocked)) = (of("ssp:1"), of("ssp:1+blocks")) {
             let (a, b) = (plain.pushed + plain.pulled, blocked.pushed + blocked.pulled);
@@ -320,23 +349,15 @@ fn summarise(rows: &[Row]) {
 
 /// A server killed a third of the way into an SSP(1) run under replication 2 (three servers): the run completes,
 /// and the recovery time (every running worker progressing again) is printed.
-fn kill(args: &ConsistencyArgs, spec: &WorkloadSpec) -> Result<()> {
+fn kill(args: &ConsistencyArgs, spec: &WorkloadSpec, base: &psrun::Settings) -> Result<()> {
     let servers = vec![cohort::WorkerSpec::Local { count: 3 }];
     let workers = format!("local:{}", args.workers);
     let (mut cluster, _) = crate::launch::start_cluster_with_servers(Some(&workers), &LaunchArgs::default(), servers)?;
     let mut work = workload(spec)?;
     work.load(&mut cluster)?;
     let clocks = psrun::clocks_for(args.epochs, work.rows(), args.workers, args.batch);
-    let options = PsOptions {
-        consistency: "ssp:1".parse().map_err(anyhow::Error::msg)?,
-        rule: args.rule.clone().unwrap_or_else(|| work.default_rule().to_string()),
-        batch: args.batch,
-        clocks,
-        seed: args.seed,
-        replication: 2,
-        progress_every: (clocks / 20).max(1),
-        ..PsOptions::default()
-    };
+    let settings = psrun::Settings { consistency: "ssp:1".into(), replication: 2, eval_every: None, ..base.clone() };
+    let options = settings.options(work.as_ref(), clocks)?;
     let victim = cluster.server_labels()[1].clone();
     let pid = pid_in(&victim).with_context(|| format!("no pid in {victim:?}"))?;
     let mut killed = None;
@@ -371,12 +392,13 @@ fn pid_in(label: &str) -> Option<u32> {
 /// The table as CSV.
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "straggler,mode,seconds_to_target,accuracy,loss,wall_seconds,pushed_bytes,pulled_bytes,mean_staleness,\
+        "servers,straggler,mode,seconds_to_target,accuracy,loss,wall_seconds,pushed_bytes,pulled_bytes,mean_staleness,\
          max_staleness,updates_per_second,mean_wait_seconds\n",
     );
     for r in rows {
         out += &format!(
-            "{},{},{},{},{},{:.3},{},{},{:.3},{},{:.1},{:.3}\n",
+            "{},{},{},{},{},{},{:.3},{},{},{:.3},{},{:.1},{:.3}\n",
+            r.servers,
             r.setting,
             r.mode,
             r.to_target.map_or(String::new(), |t| format!("{t:.3}")),

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 use cohort::cluster::PsOptions;
-use cohort::ps::{BlockConfig, Consistency};
 use cohort::Registry;
 use serde::Serialize;
 
@@ -236,49 +235,18 @@ where
 
 /// The options `args` ask for, with `clocks` per worker.
 pub fn options(args: &PsArgs, work: &dyn Workload, clocks: u64) -> Result<PsOptions> {
-    let consistency: Consistency = args
-        .consistency
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--consistency {:?}: {e} (bsp, ssp:S, asp:S,W or async)", args.consistency))?;
-    let rule = args.rule.clone().unwrap_or_else(|| work.default_rule().to_string());
-    rule.parse::<cohort::ps::RuleSpec>().map_err(|e| anyhow::anyhow!("--rule {rule:?}: {e}"))?;
-    if args.replication == 0 {
-        bail!("--replication must be at least 1");
-    }
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    if !(args.jitter.is_finite() && args.jitter >= 0.0) {
-        bail!("--jitter must be 0 or more, got {}", args.jitter);
-    }
-    if !(args.divergence.is_finite() && (args.divergence == 0.0 || args.divergence > 1.0)) {
-        bail!("--divergence must be 0 (never stop) or a factor above 1, got {}", args.divergence);
-    }
-    let blocks = args.blocks.as_deref().map(parse_blocks).transpose()?;
-    Ok(PsOptions {
-        consistency,
-        rule,
+    psrun::Settings {
+        consistency: args.consistency.clone(),
+        rule: args.rule.clone(),
         batch: args.batch,
-        clocks,
         seed: args.common.seed,
         replication: args.replication,
-        blocks,
+        blocks: args.blocks.clone(),
         jitter: args.jitter,
-        progress_every: (clocks / 20).clamp(1, 50),
-        eval_every: args.eval_every.map(|s| psrun::seconds("eval-every", s)).transpose()?,
-        divergence: (args.divergence > 0.0).then_some(args.divergence),
-    })
-}
-
-/// `--blocks KEYS,THRESHOLD,PERIOD`.
-pub fn parse_blocks(s: &str) -> Result<BlockConfig> {
-    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    let bad = || anyhow::anyhow!("--blocks {s:?} must look like KEYS,THRESHOLD,PERIOD, e.g. 1024,0.01,8");
-    let [keys, threshold, period] = parts[..] else { return Err(bad()) };
-    let (Ok(block), Ok(threshold), Ok(max_period)) = (keys.parse(), threshold.parse(), period.parse()) else {
-        return Err(bad());
-    };
-    Ok(BlockConfig { block, threshold, max_period })
+        eval_every: args.eval_every,
+        divergence: args.divergence,
+    }
+    .options(work, clocks)
 }
 
 /// Runs `cohort train ps`.
