@@ -212,8 +212,9 @@ pub struct PsArgs {
     /// Clocks (mini-batches) per worker, instead of --epochs.
     #[arg(long)]
     pub clocks: Option<u64>,
-    /// Model block scheduling (dense models): `KEYS,THRESHOLD,PERIOD` — blocks of KEYS keys whose accumulated
-    /// update is below THRESHOLD (relative) are pushed and pulled only every PERIOD clocks.
+    /// Model block scheduling (dense models): `KEYS,THRESHOLD,PERIOD`, e.g. `64,0.5,8` — blocks of KEYS keys whose
+    /// update per key is below THRESHOLD times the mean over the blocks are pushed and pulled less often (at least
+    /// every PERIOD clocks).
     #[arg(long, value_name = "KEYS,THRESHOLD,PERIOD")]
     pub blocks: Option<String>,
     /// Randomly varying worker speed: each clock's compute takes a random factor in [1, 1 + JITTER] longer.

@@ -2,20 +2,25 @@
 //! often ("synchronize the parameters in different frequency, based on the magnitude of update").
 //!
 //! The key space is cut into blocks of `block` consecutive keys. [`BlockFilter`] sits between a worker's gradient
-//! computation and its [`ClientCore`](super::ClientCore):
+//! computation and its [`ClientCore`](super::ClientCore). "Small" is relative: a block is quiet when its magnitude
+//! per key is below `threshold` times the mean over the blocks in play, so one setting means the same thing whatever
+//! the model's scale or learning rate (an absolute threshold makes every block quiet once the steps are small, and
+//! the model then learns from values many clocks old).
 //!
 //! - **Pushes.** The worker adds each clock's update to the filter instead of pushing it. At the end of the clock,
 //!   [`BlockFilter::take`] returns the blocks to push: those whose accumulated update has a mean magnitude per key
-//!   (`sum |Δ| / block length`) of at least `threshold`, and those holding a contribution `max_period - 1` clocks
-//!   old. The rest stays accumulated (a residual, added to later clocks' updates): nothing is dropped, an update is
-//!   delayed by at most `max_period - 1` clocks, and [`BlockFilter::flush`] empties everything at the end. A block
-//!   goes as a dense update when every key of it was touched, else as a sparse update of the touched keys only, so
-//!   untouched keys get no rule step (Adam's state of an untouched key stays as it was).
-//! - **Pulls.** Each block has a pull period, 1 at first. After a pull the worker reports the old and new values
-//!   ([`BlockFilter::pulled`]); a block whose values moved by less than `threshold` on average doubles its period (at
-//!   most `max_period`), one that moved more goes back to 1. [`BlockFilter::due`] and [`BlockFilter::due_keys`] say
-//!   what to pull at a clock; a block not due is read from the worker's copy, at most `max_period - 1` clocks older
-//!   than the consistency mode alone would allow.
+//!   (`sum |Δ| / block length`) of at least `threshold` times the mean of that figure over every block holding an
+//!   update, and those holding a contribution `max_period - 1` clocks old. The rest stays accumulated (a residual,
+//!   added to later clocks' updates): nothing is dropped, an update is delayed by at most `max_period - 1` clocks,
+//!   and [`BlockFilter::flush`] empties everything at the end. A block goes as a dense update when every key of it
+//!   was touched, else as a sparse update of the touched keys only, so untouched keys get no rule step (Adam's state
+//!   of an untouched key stays as it was).
+//! - **Pulls.** Each block has a pull period, 1 at first. After a pull the worker reports the old and new values of
+//!   everything it pulled ([`BlockFilter::pulled_ranges`]); a block whose values moved per key and per clock since
+//!   its last pull by less than `threshold` times the mean over the blocks of that pull doubles its period (at most
+//!   `max_period`), one that moved more goes back to 1. [`BlockFilter::due`] and [`BlockFilter::due_keys`] say what
+//!   to pull at a clock; a block not due is read from the worker's copy, at most `max_period - 1` clocks older than
+//!   the consistency mode alone would allow.
 //!
 //! The consistency mode still governs every pull and clock that is sent; block scheduling trades extra staleness
 //! on quiet blocks for bytes. `threshold = 0` or `max_period = 1` turns it off.
@@ -32,8 +37,9 @@ use super::protocol::Update;
 pub struct BlockConfig {
     /// Keys per block (at least 1).
     pub block: u64,
-    /// Mean absolute accumulated update per key below which a block is not pushed, and mean absolute change per key
-    /// below which a block's pull period grows. Finite, at least 0.
+    /// The fraction of the mean over blocks (of the accumulated update per key, for pushes; of the change per key
+    /// and clock, for pulls) below which a block is quiet: not pushed yet, pulled less often. Finite, at least 0;
+    /// 0.5 holds back blocks with less than half the typical activity.
     pub threshold: f32,
     /// The most clocks a block goes without being pushed (while it holds an update) or pulled. At least 1.
     pub max_period: u32,
@@ -175,16 +181,24 @@ impl BlockFilter {
 
     /// The updates to push at the end of `clock`: the significant blocks and those that waited long enough.
     pub fn take(&mut self, clock: u64) -> Vec<Update> {
+        // Mean absolute residual per key of every block holding one.
+        let masses: Vec<(usize, f64)> = (0..self.blocks.len())
+            .filter(|&b| self.blocks[b].pending_since.is_some())
+            .map(|b| {
+                let len = self.block_keys(b).end - self.block_keys(b).start;
+                let residual = |k: &u64| self.residual[(k - self.keys.start) as usize].abs() as f64;
+                (b, self.blocks[b].touched.iter().map(residual).sum::<f64>() / len as f64)
+            })
+            .collect();
+        let mean = masses.iter().map(|(_, m)| m).sum::<f64>() / masses.len().max(1) as f64;
+        let bar = self.config.threshold as f64 * mean;
         let mut out = Vec::new();
-        for b in 0..self.blocks.len() {
-            let Some(since) = self.blocks[b].pending_since else { continue };
-            let len = self.block_keys(b).end - self.block_keys(b).start;
-            let mass: f64 =
-                self.blocks[b].touched.iter().map(|k| self.residual[(k - self.keys.start) as usize].abs() as f64).sum();
-            let significant = mass / len as f64 >= self.config.threshold as f64;
+        for (b, mass) in masses {
+            let since = self.blocks[b].pending_since.expect("filtered on it");
             let overdue = clock.saturating_sub(since) + 1 >= self.config.max_period as u64;
-            if significant || overdue {
-                out.push(self.emit(b));
+            if mass >= bar || overdue {
+                let update = self.emit(b);
+                push_merged(&mut out, update);
             } else {
                 self.stats.held_back += 1;
             }
@@ -195,7 +209,12 @@ impl BlockFilter {
     /// Everything still accumulated (at the end of training, or before leaving).
     pub fn flush(&mut self) -> Vec<Update> {
         let pending: Vec<usize> = (0..self.blocks.len()).filter(|b| self.blocks[*b].pending_since.is_some()).collect();
-        pending.into_iter().map(|b| self.emit(b)).collect()
+        let mut out = Vec::new();
+        for b in pending {
+            let update = self.emit(b);
+            push_merged(&mut out, update);
+        }
+        out
     }
 
     fn emit(&mut self, b: usize) -> Update {
@@ -265,32 +284,68 @@ impl BlockFilter {
     }
 
     /// Reports a pull at `clock` of `keys` whose values went from `old` (the worker's copy) to `new`: each block
-    /// covered gets its next pull period from how much it moved.
+    /// covered gets its next pull period from how much it moved (see the module docs).
     pub fn pulled(&mut self, clock: u64, keys: &[u64], old: &[f32], new: &[f32]) {
+        self.pulled_parts(clock, keys.iter().copied().zip(old.iter().zip(new)).map(|(k, (o, n))| (k, *o, *n)));
+    }
+
+    /// [`pulled`](Self::pulled) for one pull made of several runs of consecutive keys, each `(start, old, new)`.
+    pub fn pulled_ranges(&mut self, clock: u64, runs: &[(u64, &[f32], &[f32])]) {
+        let items = runs.iter().flat_map(|(start, old, new)| {
+            old.iter().zip(new.iter()).enumerate().map(move |(i, (o, n))| (start + i as u64, *o, *n))
+        });
+        self.pulled_parts(clock, items);
+    }
+
+    fn pulled_parts(&mut self, clock: u64, items: impl Iterator<Item = (u64, f32, f32)>) {
+        // Per block: total absolute change and keys seen, then the change per key and per clock since its last pull.
         let mut moved: std::collections::BTreeMap<usize, (f64, u64)> = std::collections::BTreeMap::new();
-        for ((k, o), n) in keys.iter().zip(old).zip(new) {
-            if self.keys.contains(k) {
-                let e = moved.entry(self.block_of(*k)).or_default();
+        for (k, o, n) in items {
+            if self.keys.contains(&k) {
+                let e = moved.entry(self.block_of(k)).or_default();
                 e.0 += (n - o).abs() as f64;
                 e.1 += 1;
             }
         }
-        for (b, (sum, count)) in moved {
+        let rates: Vec<(usize, f64)> = moved
+            .into_iter()
+            .map(|(b, (sum, count))| {
+                let clocks = self.blocks[b].last_pull.map_or(1, |last| clock.saturating_sub(last).max(1));
+                (b, sum / count as f64 / clocks as f64)
+            })
+            .collect();
+        let mean = rates.iter().map(|(_, r)| r).sum::<f64>() / rates.len().max(1) as f64;
+        let bar = self.config.threshold as f64 * mean;
+        for (b, rate) in rates {
             self.stats.pulled += 1;
             let block = &mut self.blocks[b];
             block.last_pull = Some(clock);
-            block.pull_period = if sum / (count as f64) < self.config.threshold as f64 {
-                (block.pull_period.saturating_mul(2)).min(self.config.max_period)
-            } else {
-                1
-            };
+            block.pull_period =
+                if rate < bar { (block.pull_period.saturating_mul(2)).min(self.config.max_period) } else { 1 };
         }
     }
 
     /// [`pulled`](Self::pulled) for the consecutive keys `range_start..`.
     pub fn pulled_range(&mut self, clock: u64, range_start: u64, old: &[f32], new: &[f32]) {
-        let keys: Vec<u64> = (range_start..range_start + old.len() as u64).collect();
-        self.pulled(clock, &keys, old, new);
+        self.pulled_ranges(clock, &[(range_start, old, new)]);
+    }
+}
+
+/// Appends `update` (a block after those already in `out`, in key order) to the last update when they join: dense
+/// runs that meet become one run, sparse updates one list (still ascending), so the blocks of a clock travel as few
+/// requests, not one each.
+fn push_merged(out: &mut Vec<Update>, update: Update) {
+    match (out.last_mut(), update) {
+        (Some(Update::Dense { range_start, values }), Update::Dense { range_start: next, values: more })
+            if *range_start + values.len() as u64 == next =>
+        {
+            values.extend(more);
+        }
+        (Some(Update::Sparse { keys, values }), Update::Sparse { keys: more_keys, values: more }) => {
+            keys.extend(more_keys);
+            values.extend(more);
+        }
+        (_, update) => out.push(update),
     }
 }
 
@@ -308,19 +363,40 @@ mod tests {
         Update::Dense { range_start: start, values: values.to_vec() }
     }
 
+    /// The keys and values of `updates`, in key order.
+    fn per_key(updates: &[Update]) -> std::collections::BTreeMap<u64, f32> {
+        let mut out = std::collections::BTreeMap::new();
+        for u in updates {
+            match u {
+                Update::Dense { range_start, values } => {
+                    for (i, v) in values.iter().enumerate() {
+                        *out.entry(range_start + i as u64).or_default() += v;
+                    }
+                }
+                Update::Sparse { keys, values } => {
+                    for (k, v) in keys.iter().zip(values) {
+                        *out.entry(*k).or_default() += v;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     #[test]
     fn big_updates_go_every_clock_small_ones_wait_at_most_max_period() {
         let mut f = filter(4, 1.0, 3, 8);
         for clock in 0..6 {
             f.add(clock, &dense(0, &[2.0; 8][..4])).unwrap(); // block 0: mean 2 per clock
             f.add(clock, &dense(4, &[0.1; 4])).unwrap(); // block 1: mean 0.1 per clock
-            let out = f.take(clock);
-            let block1 = out.iter().find(|u| matches!(u, Update::Dense { range_start: 4, .. }));
-            assert!(out.iter().any(|u| matches!(u, Update::Dense { range_start: 0, .. })));
+            let out = per_key(&f.take(clock));
+            assert!((0..4).all(|k| out[&k] == 2.0), "clock {clock}: {out:?}");
             // Block 1 goes once its oldest contribution is max_period - 1 = 2 clocks old: clocks 2 and 5.
-            assert_eq!(block1.is_some(), clock % 3 == 2, "clock {clock}: {out:?}");
-            if let Some(Update::Dense { values, .. }) = block1 {
-                assert!(values.iter().all(|v| (v - 0.3).abs() < 1e-6), "accumulated three clocks: {values:?}");
+            let block1: Vec<f32> = (4..8).filter_map(|k| out.get(&k).copied()).collect();
+            if clock % 3 == 2 {
+                assert!(block1.len() == 4 && block1.iter().all(|v| (v - 0.3).abs() < 1e-6), "{out:?}");
+            } else {
+                assert!(block1.is_empty(), "clock {clock}: {out:?}");
             }
         }
         assert_eq!(f.stats().held_back, 4);
@@ -331,13 +407,8 @@ mod tests {
         let mut f = filter(4, 0.0, 1, 8);
         f.add(0, &Update::Sparse { keys: vec![6, 1, 6], values: vec![1.0, 2.0, 3.0] }).unwrap();
         let out = f.take(0);
-        assert_eq!(
-            out,
-            vec![
-                Update::Sparse { keys: vec![1], values: vec![2.0] },
-                Update::Sparse { keys: vec![6], values: vec![4.0] }
-            ]
-        );
+        // Two blocks' sparse updates, merged into one request.
+        assert_eq!(out, vec![Update::Sparse { keys: vec![1, 6], values: vec![2.0, 4.0] }]);
         assert!(f.take(1).is_empty() && f.flush().is_empty());
     }
 
@@ -377,6 +448,34 @@ mod tests {
         assert_eq!(pulls[0], (0..12).collect::<Vec<_>>());
         assert_eq!(pulls[1], vec![0, 2, 6, 10], "period 1, 2, 4, 4");
         assert_eq!(f.due_keys(12, &[3, 0, 2, 9]), vec![0]);
+    }
+
+    /// Quiet is relative to the other blocks: the same updates scaled by 10⁻⁶ or 10⁶ are held back and pulled alike.
+    #[test]
+    fn the_threshold_is_relative_so_the_scale_of_the_updates_does_not_matter() {
+        let schedule = |scale: f32| {
+            let mut f = filter(4, 0.5, 4, 16);
+            let mut pushes = Vec::new();
+            let mut periods = Vec::new();
+            for clock in 0..8 {
+                // Block b moves by (b + 1)³ / 64 a key: blocks 0 and 1 are quiet beside 2 and 3.
+                let values: Vec<f32> = (0..16).map(|k| scale * ((k / 4 + 1) as f32).powi(3) / 64.0).collect();
+                f.add(clock, &dense(0, &values)).unwrap();
+                let mut sent: Vec<u64> = per_key(&f.take(clock)).keys().map(|k| k / 4).collect();
+                sent.dedup();
+                pushes.push(sent);
+                let old = vec![0.0; 16];
+                f.pulled_range(clock, 0, &old, &values);
+                periods.push(f.blocks.iter().map(|b| b.pull_period).collect::<Vec<_>>());
+            }
+            (pushes, periods)
+        };
+        let (pushes, periods) = schedule(1.0);
+        assert_eq!(pushes[0], vec![2, 3], "the busy blocks go at once");
+        assert!(pushes.iter().flatten().filter(|&&b| b == 0).count() < 8, "block 0 is held back: {pushes:?}");
+        assert_eq!(periods[0], vec![2, 2, 1, 1], "quiet blocks are pulled less often");
+        assert_eq!(schedule(1e-6), (pushes.clone(), periods.clone()));
+        assert_eq!(schedule(1e6), (pushes, periods));
     }
 
     /// With a client and a server: quiet blocks cost fewer bytes, and once flushed the model is the same.
@@ -426,7 +525,7 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
         /// Whatever the updates: every contribution is pushed exactly once (integers, so sums are exact), within
-        /// max_period - 1 clocks, and a block is pushed at the end of a clock iff it is significant or overdue.
+        /// max_period - 1 clocks.
         #[test]
         fn nothing_is_lost_and_nothing_waits_too_long(
             block in 1u64..6,

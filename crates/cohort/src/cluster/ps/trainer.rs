@@ -283,10 +283,20 @@ impl Trainer {
         self.since_report.1 += t.elapsed();
         match &mut self.blocks {
             Some((filter, copy)) => {
+                let runs: Vec<(u64, &[f32], &[f32])> = got
+                    .iter()
+                    .filter_map(|(sel, values)| match sel {
+                        Selection::Range { start, .. } => {
+                            let at = *start as usize;
+                            Some((*start, &copy[at..at + values.len()], values.as_slice()))
+                        }
+                        Selection::Keys(_) => None,
+                    })
+                    .collect();
+                filter.pulled_ranges(clock, &runs);
                 for (sel, values) in got {
                     if let Selection::Range { start, .. } = sel {
                         let at = start as usize;
-                        filter.pulled_range(clock, start, &copy[at..at + values.len()], &values);
                         copy[at..at + values.len()].copy_from_slice(&values);
                     }
                 }
