@@ -176,13 +176,20 @@ impl UpdateRule for Adam {
 
     fn apply(&self, params: &mut [f32], grads: &[f32], state: &mut [f32], steps: &[u64]) {
         let (b1, b2) = (self.beta1, self.beta2);
-        for (((p, g), mv), t) in params.iter_mut().zip(grads).zip(state.chunks_exact_mut(2)).zip(steps) {
+        // Bias corrections in f64: b^t for large t underflows gracefully to 0 and the correction to 1. Neighbouring
+        // keys almost always share their step count, so the powers are computed again only when it changes.
+        let corrections = |t: u64| {
+            let t = t.max(1) as f64;
+            ((1.0 - (b1 as f64).powf(t)) as f32, (1.0 - (b2 as f64).powf(t)) as f32)
+        };
+        let mut cached = (u64::MAX, (1.0f32, 1.0f32));
+        for (((p, g), mv), &t) in params.iter_mut().zip(grads).zip(state.chunks_exact_mut(2)).zip(steps) {
             mv[0] = b1 * mv[0] + (1.0 - b1) * g;
             mv[1] = b2 * mv[1] + (1.0 - b2) * g * g;
-            // Bias corrections in f64: b^t for large t underflows gracefully to 0 and the correction to 1.
-            let t = (*t).max(1) as f64;
-            let c1 = (1.0 - (b1 as f64).powf(t)) as f32;
-            let c2 = (1.0 - (b2 as f64).powf(t)) as f32;
+            if cached.0 != t {
+                cached = (t, corrections(t));
+            }
+            let (c1, c2) = cached.1;
             let m_hat = mv[0] / c1;
             let v_hat = mv[1] / c2;
             *p -= self.lr * m_hat / (v_hat.sqrt() + self.eps);
