@@ -91,6 +91,7 @@ pub mod sae;
 pub mod skinny;
 pub mod softmax;
 pub mod sparse;
+mod tiles;
 pub mod train;
 
 pub use error::{MlError, Result};
