@@ -224,10 +224,18 @@ fn reduce(x: f64) -> (f64, f64) {
 fn pade(r: f64) -> (f64, f64) {
     let r2 = r * r;
     let r4 = r2 * r2;
-    let even = r4.mul_add(r2.mul_add(1.0 / 665_280.0, 1.0 / 792.0), r2.mul_add(5.0 / 44.0, 1.0));
-    let odd = r * r4.mul_add(1.0 / 15_840.0, r2.mul_add(1.0 / 66.0, 0.5));
+    let even = r4.mul_add(r2.mul_add(PADE_E6, PADE_E4), r2.mul_add(PADE_E2, 1.0));
+    let odd = r * r4.mul_add(PADE_O5, r2.mul_add(PADE_O3, 0.5));
     (even + odd, even - odd)
 }
+
+/// Coefficients of the [6/6] Padé approximant of `e^r`: `P(r) = 1 + r/2 + (5/44)r² + r³/66 + r⁴/792 + r⁵/15840 +
+/// r⁶/665280`, split into its even (`E`) and odd (`O`) parts.
+const PADE_E2: f64 = 5.0 / 44.0;
+const PADE_E4: f64 = 1.0 / 792.0;
+const PADE_E6: f64 = 1.0 / 665_280.0;
+const PADE_O3: f64 = 1.0 / 66.0;
+const PADE_O5: f64 = 1.0 / 15_840.0;
 
 /// `e^x` with a relative error of a few ulp, branch-free so that loops over it vectorise.
 ///
@@ -261,6 +269,78 @@ pub fn sigmoid(x: f64) -> f64 {
     let (half_scale, r) = reduce(y);
     let (p, q) = pade(r);
     q / (2.0 * half_scale).mul_add(p, q)
+}
+
+/// [`sigmoid`] with AVX2 and FMA intrinsics, on `N` vectors of four values at once.
+///
+/// The same operations as [`sigmoid`] lane by lane, so the same bits (NaN aside: NaN in, NaN out, sign and payload
+/// unspecified), with two rewrites that are exact: the clamps
+/// are `min`/`max` on `x` instead of selects on `-x` (each returns its second operand for NaN, as the selects do),
+/// and the negation is folded into the fused multiply-adds, which leaves the reduced argument negated; rounding to
+/// nearest is symmetric, so `-r` is exactly the negated `r`, and `P(r)`, `P(-r)` just swap roles.
+///
+/// A sigmoid is a chain of about twenty dependent operations ending in a division. A plain loop over values leaves
+/// the scheduler with too few independent operations to hide that chain (on a Zen 3 core it runs at a third of the
+/// rate its operations allow); here the `N` chains are written interleaved, step by step.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn sigmoid_avx2<const N: usize>(x: [std::arch::x86_64::__m256d; N]) -> [std::arch::x86_64::__m256d; N] {
+    use std::arch::x86_64::*;
+    let mut xc = x;
+    let mut t = x;
+    let mut n = x;
+    for i in 0..N {
+        // -x clamped to [EXP_LO, EXP_HI], as x clamped to [-EXP_HI, -EXP_LO].
+        xc[i] = _mm256_max_pd(_mm256_set1_pd(-EXP_HI), _mm256_min_pd(_mm256_set1_pd(-EXP_LO), x[i]));
+    }
+    for i in 0..N {
+        t[i] = _mm256_fnmadd_pd(xc[i], _mm256_set1_pd(LOG2_E), _mm256_set1_pd(SHIFTER));
+    }
+    for i in 0..N {
+        n[i] = _mm256_sub_pd(t[i], _mm256_set1_pd(SHIFTER));
+    }
+    // r' = -r.
+    let mut r = n;
+    for i in 0..N {
+        r[i] = _mm256_fmadd_pd(n[i], _mm256_set1_pd(LN2_HI), xc[i]);
+    }
+    for i in 0..N {
+        r[i] = _mm256_fmadd_pd(n[i], _mm256_set1_pd(LN2_LO), r[i]);
+    }
+    let mut scale = n;
+    for i in 0..N {
+        // 2 · 2^(n-1), from the exponent bits as in `reduce`.
+        let bits = _mm256_slli_epi64::<52>(_mm256_castpd_si256(t[i]));
+        let half = _mm256_castsi256_pd(_mm256_add_epi64(bits, _mm256_set1_epi64x(1022 << 52)));
+        scale[i] = _mm256_add_pd(half, half);
+    }
+    let (mut r2, mut r4) = (n, n);
+    for i in 0..N {
+        r2[i] = _mm256_mul_pd(r[i], r[i]);
+    }
+    for i in 0..N {
+        r4[i] = _mm256_mul_pd(r2[i], r2[i]);
+    }
+    let (mut even, mut odd) = (n, n);
+    for i in 0..N {
+        let hi = _mm256_fmadd_pd(r2[i], _mm256_set1_pd(PADE_E6), _mm256_set1_pd(PADE_E4));
+        let lo = _mm256_fmadd_pd(r2[i], _mm256_set1_pd(PADE_E2), _mm256_set1_pd(1.0));
+        even[i] = _mm256_fmadd_pd(r4[i], hi, lo);
+    }
+    for i in 0..N {
+        let inner = _mm256_fmadd_pd(r2[i], _mm256_set1_pd(PADE_O3), _mm256_set1_pd(0.5));
+        // The odd part of P(-r).
+        odd[i] = _mm256_mul_pd(r[i], _mm256_fmadd_pd(r4[i], _mm256_set1_pd(PADE_O5), inner));
+    }
+    let mut out = n;
+    for i in 0..N {
+        // P(r) = even − odd', P(-r) = even + odd'; σ = P(-r) / (2^n · P(r) + P(-r)).
+        let p = _mm256_sub_pd(even[i], odd[i]);
+        let q = _mm256_add_pd(even[i], odd[i]);
+        out[i] = _mm256_div_pd(q, _mm256_fmadd_pd(scale[i], p, q));
+    }
+    out
 }
 
 multiversion! {
@@ -372,6 +452,53 @@ mod tests {
             assert_eq!(e[i].to_bits(), exp(x).to_bits());
             assert_eq!(s[i].to_bits(), sigmoid(x).to_bits());
             assert!(rel(s[i], 1.0 / (1.0 + (-x).exp())) < 1e-15);
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_sigmoid_gives_the_same_bits() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let mut rng = cohort::rng::Rng::new(3);
+        let mut xs: Vec<f64> = (0..4000)
+            .map(|i| match i % 4 {
+                0 => 80.0 * rng.uniform() - 40.0,
+                1 => 2000.0 * rng.uniform() - 1000.0,
+                2 => (rng.uniform() - 0.5) * 1e-6,
+                _ => 6.0 * rng.uniform() - 3.0,
+            })
+            .collect();
+        let special = [0.0, -0.0, 708.0, -708.0, 709.79, -709.79, 708.000001, -709.8, 745.0, -745.0, 1e308, -1e308];
+        xs.extend(special);
+        xs.extend([f64::INFINITY, f64::NEG_INFINITY, f64::NAN, f64::MIN_POSITIVE, -f64::MIN_POSITIVE, 5e-324]);
+        xs.resize(xs.len().next_multiple_of(12), 0.25);
+        /// # Safety: AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
+        fn three(x: &[f64]) -> [f64; 12] {
+            use std::arch::x86_64::*;
+            // SAFETY: `x` holds 12 values.
+            let v: [__m256d; 3] = std::array::from_fn(|i| unsafe { _mm256_loadu_pd(x.as_ptr().add(4 * i)) });
+            let y = sigmoid_avx2(v);
+            let mut out = [0.0; 12];
+            for (i, y) in y.iter().enumerate() {
+                // SAFETY: `out` holds 12 values.
+                unsafe { _mm256_storeu_pd(out.as_mut_ptr().add(4 * i), *y) };
+            }
+            out
+        }
+        for x in xs.chunks_exact(12) {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let y = unsafe { three(x) };
+            for (&x, y) in x.iter().zip(y) {
+                // NaN stays NaN; its sign and payload are not specified (they differ between CPUs anyway).
+                if x.is_nan() {
+                    assert!(y.is_nan());
+                } else {
+                    assert_eq!(y.to_bits(), sigmoid(x).to_bits(), "σ({x:e})");
+                }
+            }
         }
     }
 

@@ -19,7 +19,8 @@
 //! - [`checkpoint`]: atomic checkpoint directories (manifest with format version, fingerprint and checksum).
 //! - [`model_file`]: trained models as safetensors files.
 //! - [`datasets`]: Fashion-MNIST or a generated stand-in, cut and standardised.
-//! - [`kernels`]: single-threaded faer products on row-major slices and a vectorised `exp`/sigmoid.
+//! - [`kernels`]: single-threaded faer products on row-major slices and a vectorised `exp`/sigmoid (also as AVX2
+//!   intrinsics with the same bits).
 //! - [`skinny`]: softmax regression's two products for a few classes, register tiles over `f32` or `f64` rows
 //!   (AVX2/FMA where available, a portable path with the same bits).
 //! - [`roofline`]: the machine's measured limits (GEMM peak in `f32`/`f64`, memory bandwidth) for `cohort bench
@@ -91,6 +92,7 @@ pub mod sae;
 pub mod skinny;
 pub mod softmax;
 pub mod sparse;
+mod tiles;
 pub mod train;
 
 pub use error::{MlError, Result};

@@ -39,24 +39,27 @@
 //!
 //! # Kernels
 //!
-//! A chunk is processed in blocks of [`BLOCK_ROWS`] patches so that the block's intermediate matrices stay in the
-//! L2 cache; the patches are read straight from the shard (no copy), the products go through
-//! [`crate::kernels::matmul`] and the sigmoids through the vectorised [`crate::kernels::sigmoid`]. The first block
-//! of a chunk is pulled from memory in one sequential pass; every later block is prefetched, a row at a time,
-//! while the previous block's output sigmoids run, so that its memory latency hides behind them. Within a chunk
-//! the order of every sum is fixed, so a chunk's partial is deterministic. Where the time of an evaluation goes
-//! (products, sigmoids, memory), measured: `cohort bench roofline` and the README's performance section.
+//! A chunk is processed in blocks of [`BLOCK_ROWS`] patches. Each block's patches are copied once into an aligned
+//! buffer with rows padded to whole vectors (the first block's copy pulls it from memory; later blocks were
+//! prefetched, a row at a time, while the previous block's output sigmoids ran). The five products per block —
+//! `X·W1ᵀ`, `A2·W2ᵀ`, `Δ3·W2`, `[E|D]ᵀ·X`, `A2ᵀ·Δ3` — are register tiles written for these skinny shapes (crate
+//! `tiles`: AVX2/FMA intrinsics where the CPU has them, a portable loop with the same bits elsewhere), the biases
+//! are where the product chains start, and the sigmoids run several vectors at once with intrinsics too. Every
+//! value is a fixed sequence of IEEE operations over the chunk's rows in order, so a chunk's partial depends only
+//! on the chunk and `θ`, and is the same on both paths. Where the time of an evaluation goes (products, sigmoids,
+//! memory), measured: `cohort bench roofline` and the README's performance section.
 
 use cohort::rng::Rng;
 use cohort::wire::WireError;
 use cohort::{MapReduce, Payload, Shard};
 
 use crate::error::{MlError, Result};
-use crate::kernels::{matmul, multiversion, sigmoid, view, view_mut, view_strided_mut, with_scratch, Accum};
+use crate::kernels::{matmul, multiversion, sigmoid, view, view_mut, with_scratch, Accum};
 use crate::partial::Partial;
+use crate::tiles::{self, Isa, Operands, Start, LANES};
 
-/// Patches per block inside a chunk: small enough that the block's patches and activations (about 260 kB) stay in
-/// a 512 kB L2 cache. On a Zen 3 core 128 is about 4 % faster than 256 on 100 000 patches.
+/// Patches per block inside a chunk: the block's patches and activations (about 230 kB) stay in a 512 kB L2 cache.
+/// On a Zen 3 core 32 to 128 give the same speed within noise.
 pub const BLOCK_ROWS: usize = 128;
 
 /// Shape and hyper-parameters of a sparse autoencoder. `Default` is UFLDL's: 64 visible (8×8 patches), 25 hidden,
@@ -312,7 +315,40 @@ impl Offsets {
 
 /// Computes the partial sums of `patches` (see the module docs).
 fn partial_sums(visible: usize, hidden: usize, w: SaeWeights<'_>, patches: &[f64]) -> Result<Partial> {
-    let (v, h) = (visible, hidden);
+    partial_sums_with(visible, hidden, w, patches, Isa::detect())
+}
+
+/// Takes the next `n` values of `rest` and skips to the next multiple of 8 (a 64-byte cache line, when `rest`
+/// started on one).
+fn take<'a>(rest: &mut &'a mut [f64], n: usize) -> &'a mut [f64] {
+    let (head, tail) = std::mem::take(rest).split_at_mut(n.next_multiple_of(8));
+    *rest = tail;
+    &mut head[..n]
+}
+
+/// Row stride for rows of `width` values (a multiple of 4): `width`, plus one cache line when the rows would
+/// otherwise start a multiple of 128 bytes apart. With such a stride the same column of successive rows falls into
+/// a few sets of the L1 cache (512 bytes apart: one set in eight), and a tile walking down a column of a block
+/// evicts its own lines.
+fn row_stride(width: usize) -> usize {
+    if width.is_multiple_of(16) {
+        width + 8
+    } else {
+        width
+    }
+}
+
+/// Length of the scratch of [`partial_sums_with`]: the regions `take` cuts, each rounded up to 8 values.
+fn scratch_len(v: usize, h: usize, block: usize) -> usize {
+    let (vp, hp) = (v.next_multiple_of(LANES), h.next_multiple_of(LANES));
+    let (vs, hs) = (row_stride(vp), row_stride(hp));
+    let regions = [v * hs, h * vs, v * hs, hp, vp, block * vs, block * hs, block * hs, block * hs, block * vs];
+    let sums = [h * vs, h * vs, h * vs, hp, hp, hp, vp, vp];
+    regions.iter().chain(&sums).map(|n| n.next_multiple_of(8)).sum()
+}
+
+/// [`partial_sums`] with the products run by `isa` (the tests compare both implementations).
+fn partial_sums_with(v: usize, h: usize, w: SaeWeights<'_>, patches: &[f64], isa: Isa) -> Result<Partial> {
     let rows = rows_of(patches.len(), v)?;
     let o = Offsets::new(v, h);
     let mut out = Partial::zeros(o.end);
@@ -321,69 +357,107 @@ fn partial_sums(visible: usize, hidden: usize, w: SaeWeights<'_>, patches: &[f64
         return Ok(out);
     }
     let block = rows.min(BLOCK_ROWS);
-    // Per-column sums of the squared reconstruction error, added up at the end (vertical sums vectorise).
-    let mut rec_cols = vec![0.0; v];
-
-    let (head, rest) = out.sums.split_at_mut(o.ex);
-    let (a_sum, rest_head) = head[o.a_sum..].split_at_mut(h);
-    let (e_sum, rest_head) = rest_head.split_at_mut(h);
-    let (d_sum, delta3_sum) = rest_head.split_at_mut(h);
-    let (edx, a_delta3) = rest.split_at_mut(2 * h * v);
-
-    // Scratch for one block: hidden activations, visible activations (then δ3), [e | d] side by side so that one
-    // product gives both Σ e xᵀ and Σ d xᵀ, and b1 tiled once per row.
-    with_scratch(block * (4 * h + v), |scratch| -> Result<()> {
-        let (a2, rest) = scratch.split_at_mut(block * h);
-        let (a3, rest) = rest.split_at_mut(block * v);
-        let (ed, bias) = rest.split_at_mut(block * 2 * h);
-        for row in bias.chunks_exact_mut(h) {
-            row.copy_from_slice(w.b1);
+    // Rows of the block matrices are padded to whole vectors, `vp` visible and `hp` hidden values, and start `vs`
+    // and `hs` values apart.
+    let (vp, hp) = (v.next_multiple_of(LANES), h.next_multiple_of(LANES));
+    let (vs, hs) = (row_stride(vp), row_stride(hp));
+    let len = scratch_len(v, h, block);
+    with_scratch(len + 7, |raw| -> Result<()> {
+        // Start on a cache line, so that no vector load of the regions below straddles two.
+        let skip = raw.as_ptr().align_offset(64).min(7);
+        let mut rest = &mut raw[skip..skip + len];
+        // The weights, laid out for the products: W1ᵀ (v × hp), W2ᵀ (h × vp), W2 (v × hp), the biases; the padding
+        // is zero, so padded columns of the products are zero plus zero.
+        let w1t = take(&mut rest, v * hs);
+        let w2t = take(&mut rest, h * vs);
+        let w2p = take(&mut rest, v * hs);
+        let b1 = take(&mut rest, hp);
+        let b2 = take(&mut rest, vp);
+        for buf in [&mut *w1t, &mut *w2t, &mut *w2p, &mut *b1, &mut *b2] {
+            buf.fill(0.0);
         }
+        for j in 0..h {
+            for k in 0..v {
+                w1t[k * hs + j] = w.w1[j * v + k];
+                w2t[j * vs + k] = w.w2[k * h + j];
+            }
+        }
+        for (dst, src) in w2p.chunks_exact_mut(hs).zip(w.w2.chunks_exact(h)) {
+            dst[..h].copy_from_slice(src);
+        }
+        b1[..h].copy_from_slice(w.b1);
+        b2[..v].copy_from_slice(w.b2);
+        // One block: its patches copied (aligned, padded with zeros), the hidden activations, d = a2(1−a2),
+        // W2ᵀδ3 then e, and the output pre-activations then δ3.
+        let xb = take(&mut rest, block * vs);
+        xb.fill(0.0);
+        let a2 = take(&mut rest, block * hs);
+        let d = take(&mut rest, block * hs);
+        let e = take(&mut rest, block * hs);
+        let z3 = take(&mut rest, block * vs);
+        // The chunk's sums, padded: Σ e xᵀ, Σ d xᵀ, Σ a2 δ3ᵀ (each h × vp), Σa2, Σe, Σd, the squared error per
+        // column, Σδ3.
+        let g_ex = take(&mut rest, h * vs);
+        let g_dx = take(&mut rest, h * vs);
+        let g_ad = take(&mut rest, h * vs);
+        let a_sum = take(&mut rest, hp);
+        let e_sum = take(&mut rest, hp);
+        let d_sum = take(&mut rest, hp);
+        let rec = take(&mut rest, vp);
+        let delta3_sum = take(&mut rest, vp);
+        for buf in [&mut *g_ex, &mut *g_dx, &mut *g_ad, &mut *a_sum, &mut *e_sum, &mut *d_sum, &mut *rec] {
+            buf.fill(0.0);
+        }
+        delta3_sum.fill(0.0);
+
         for start in (0..rows).step_by(block) {
             let nb = block.min(rows - start);
             let x = &patches[start * v..(start + nb) * v];
-            let (a2, a3, ed) = (&mut a2[..nb * h], &mut a3[..nb * v], &mut ed[..nb * 2 * h]);
-
-            // The first block of a chunk comes from memory: pull it into the cache with one sequential pass (one
-            // load per cache line), since the product below reads it in a pattern the hardware prefetcher follows
-            // poorly. Later blocks were prefetched while the previous block's sigmoids ran.
-            if start == 0 {
-                touch(x);
-            }
             let next = &patches[((start + nb) * v).min(patches.len())..((start + 2 * nb) * v).min(patches.len())];
-            // Hidden layer: a2 = σ(X·W1ᵀ + b1); keep d = a2(1−a2) in the right half of `ed`.
-            matmul(view_mut(a2, nb, h)?, Accum::Replace, view(x, nb, v)?, view(w.w1, h, v)?.transpose())?;
-            hidden_layer(a2, &bias[..nb * h], ed, a_sum);
+            let (xb, a2, d, e, z3) =
+                (&mut xb[..nb * vs], &mut a2[..nb * hs], &mut d[..nb * hs], &mut e[..nb * hs], &mut z3[..nb * vs]);
+            for (dst, src) in xb.chunks_exact_mut(vs).zip(x.chunks_exact(v)) {
+                dst[..v].copy_from_slice(src);
+            }
+            let xb = &*xb;
+
+            // Hidden layer: a2 = σ(X·W1ᵀ + b1), d = a2(1−a2).
+            let ops = Operands { a: xb, a_row: vs, a_step: 1, b: w1t, ldb: hs, depth: v };
+            tiles::product::<3, 4>(a2, hs, nb, hp / LANES, &ops, Start::Row(b1), isa)?;
+            tiles::hidden_layer(a2, d, a_sum, hs, isa)?;
 
             // Output layer: a3 = σ(A2·W2ᵀ + b2), then δ3 = (a3 − x) ⊙ a3(1−a3) in place.
-            matmul(view_mut(a3, nb, v)?, Accum::Replace, view(a2, nb, h)?, view(w.w2, v, h)?.transpose())?;
-            output_layer(a3, x, next, w.b2, &mut rec_cols, delta3_sum);
+            let ops = Operands { a: a2, a_row: hs, a_step: 1, b: w2t, ldb: vs, depth: h };
+            tiles::product::<3, 4>(z3, vs, nb, vp / LANES, &ops, Start::Row(b2), isa)?;
+            tiles::output_layer(z3, xb, next, v, rec, delta3_sum, vs, isa)?;
 
-            // Backpropagate without the sparsity term: W2ᵀδ3 into the left half of `ed`, then e = (W2ᵀδ3) ⊙ d.
-            matmul(view_strided_mut(ed, nb, h, 2 * h)?, Accum::Replace, view(a3, nb, v)?, view(w.w2, v, h)?)?;
-            hidden_delta(ed, e_sum, d_sum);
+            // Backpropagate without the sparsity term: W2ᵀδ3, then e = (W2ᵀδ3) ⊙ d.
+            let ops = Operands { a: z3, a_row: vs, a_step: 1, b: w2p, ldb: hs, depth: v };
+            tiles::product::<3, 4>(e, hs, nb, hp / LANES, &ops, Start::Zero, isa)?;
+            tiles::hidden_delta(e, d, e_sum, d_sum, hs)?;
 
-            // Σ [e | d]ᵀ X (2h × v: Σ e xᵀ on top of Σ d xᵀ) and Σ a2 δ3ᵀ (h × v).
-            matmul(view_mut(edx, 2 * h, v)?, Accum::Add, view(ed, nb, 2 * h)?.transpose(), view(x, nb, v)?)?;
-            matmul(view_mut(a_delta3, h, v)?, Accum::Add, view(a2, nb, h)?.transpose(), view(a3, nb, v)?)?;
+            // Σ e xᵀ, Σ d xᵀ and Σ a2 δ3ᵀ: chains over the block's patches, continued from the previous block.
+            let (a2, d, e, z3) = (&*a2, &*d, &*e, &*z3);
+            for (g, left, right) in [(&mut *g_ex, e, xb), (&mut *g_dx, d, xb), (&mut *g_ad, a2, z3)] {
+                let ops = Operands { a: left, a_row: 1, a_step: hs, b: right, ldb: vs, depth: nb };
+                tiles::product::<5, 2>(g, vs, h, vp / LANES, &ops, Start::Dst, isa)?;
+            }
+        }
+
+        let s = &mut out.sums;
+        s[o.rec] = rec[..v].iter().sum::<f64>();
+        s[o.a_sum..o.e_sum].copy_from_slice(&a_sum[..h]);
+        s[o.e_sum..o.d_sum].copy_from_slice(&e_sum[..h]);
+        s[o.d_sum..o.delta3_sum].copy_from_slice(&d_sum[..h]);
+        s[o.delta3_sum..o.ex].copy_from_slice(&delta3_sum[..v]);
+        for (at, g) in [(o.ex, &*g_ex), (o.dx, &*g_dx), (o.a_delta3, &*g_ad)] {
+            for (dst, src) in s[at..at + h * v].chunks_exact_mut(v).zip(g.chunks_exact(vs)) {
+                dst.copy_from_slice(&src[..v]);
+            }
         }
         Ok(())
     })?;
-    out.sums[o.rec] = rec_cols.iter().sum::<f64>();
     Ok(out)
-}
-
-/// Reads one value per 64-byte cache line of `x` (the result is discarded).
-#[inline(never)]
-fn touch(x: &[f64]) {
-    let mut acc = [0.0f64; 4];
-    for c in x.chunks(32) {
-        acc[0] += c[0];
-        acc[1] += c.get(8).copied().unwrap_or(0.0);
-        acc[2] += c.get(16).copied().unwrap_or(0.0);
-        acc[3] += c.get(24).copied().unwrap_or(0.0);
-    }
-    std::hint::black_box(acc);
 }
 
 multiversion! {
@@ -392,66 +466,6 @@ multiversion! {
         for row in a.chunks_exact_mut(b.len()) {
             for (z, &bias) in row.iter_mut().zip(b) {
                 *z = sigmoid(*z + bias);
-            }
-        }
-    }
-}
-
-multiversion! {
-    /// Hidden layer of one block: `a2 ← σ(a2 + b1)` row by row, `Σ a2` into `a_sum`, and `d = a2(1−a2)` into the
-    /// right half of each `[e | d]` row of `ed`. `bias` holds `b1` repeated once per row, so that the sigmoids run
-    /// as one flat loop (rows of 25 would leave a scalar remainder per row).
-    fn hidden_layer(a2: &mut [f64], bias: &[f64], ed: &mut [f64], a_sum: &mut [f64]) {
-        let h = a_sum.len();
-        for (a, &b) in a2.iter_mut().zip(bias) {
-            *a = sigmoid(*a + b);
-        }
-        for (row, ed_row) in a2.chunks_exact(h).zip(ed.chunks_exact_mut(2 * h)) {
-            for ((&y, s), d) in row.iter().zip(a_sum.iter_mut()).zip(&mut ed_row[h..]) {
-                *s += y;
-                *d = y * (1.0 - y);
-            }
-        }
-    }
-}
-
-multiversion! {
-    /// Output layer of one block: `a3 = σ(z3 + b2)`, then `δ3 = (a3 − x) ⊙ a3(1−a3)` in place of `z3`, with the
-    /// squared error summed per column into `rec` and `Σ δ3` into `delta3_sum`; prefetches the rows of `next` (the
-    /// next block's patches) along the way.
-    fn output_layer(z3: &mut [f64], x: &[f64], next: &[f64], b2: &[f64], rec: &mut [f64], delta3_sum: &mut [f64]) {
-        let v = b2.len();
-        let mut ahead = next.chunks(v);
-        for (row, x_row) in z3.chunks_exact_mut(v).zip(x.chunks_exact(v)) {
-            // One row of the next block per row computed: its memory latency hides behind these sigmoids.
-            if let Some(p) = ahead.next() {
-                crate::kernels::prefetch(p);
-            }
-            for ((((z, &xv), &b), r2), g) in
-                row.iter_mut().zip(x_row).zip(b2).zip(rec.iter_mut()).zip(delta3_sum.iter_mut())
-            {
-                let y = sigmoid(*z + b);
-                let r = y - xv;
-                *r2 += r * r;
-                let delta = r * (y * (1.0 - y));
-                *z = delta;
-                *g += delta;
-            }
-        }
-    }
-}
-
-multiversion! {
-    /// Turns each `[W2ᵀδ3 | d]` row of `ed` into `[e | d]` with `e = W2ᵀδ3 ⊙ d`, summing `e` and `d` per unit.
-    fn hidden_delta(ed: &mut [f64], e_sum: &mut [f64], d_sum: &mut [f64]) {
-        let h = e_sum.len();
-        for ed_row in ed.chunks_exact_mut(2 * h) {
-            let (e_row, d_row) = ed_row.split_at_mut(h);
-            for (((e, &d), es), ds) in e_row.iter_mut().zip(&*d_row).zip(e_sum.iter_mut()).zip(d_sum.iter_mut()) {
-                let value = *e * d;
-                *e = value;
-                *es += value;
-                *ds += d;
             }
         }
     }
@@ -748,6 +762,28 @@ mod tests {
         // And the same chunk twice gives the same bits.
         let again = SaeJob.map(&params, &data.shard(3));
         assert_eq!(again, SaeJob.map(&params, &data.shard(3)));
+    }
+
+    #[test]
+    fn the_intrinsic_and_portable_kernels_give_the_same_bits() {
+        // The default shape over several blocks with a short last one, and shapes whose rows are not whole vectors.
+        for (v, h, rows) in [(64, 25, 2 * BLOCK_ROWS + 37), (16, 5, 23), (10, 3, 130), (7, 9, 5), (64, 25, 1)] {
+            let c = SaeConfig { visible: v, hidden: h, ..SaeConfig::default() };
+            let mut rng = Rng::new(v as u64 + 100 * h as u64);
+            let theta: Vec<f64> = (0..c.n_params()).map(|_| rng.uniform() - 0.5).collect();
+            let x = patches(rows, v, 8);
+            let w = c.weights(&theta).unwrap();
+            let fast = partial_sums_with(v, h, w, &x, Isa::detect()).unwrap();
+            let portable = partial_sums_with(v, h, w, &x, Isa::Portable).unwrap();
+            assert_eq!(fast.count, rows as u64);
+            let bits = |p: &Partial| p.sums.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&portable), "{v}×{h}, {rows} rows");
+            // And both are the two-pass reference's cost and gradient.
+            let (cost, grad) = c.finish(&theta, &fast).unwrap();
+            let (cost_ref, grad_ref) = reference(&c, &theta, &x);
+            assert!(((cost - cost_ref) / cost_ref).abs() < 1e-12, "{cost} vs {cost_ref}");
+            assert!(rel_err(&grad, &grad_ref) < 1e-12, "{:e}", rel_err(&grad, &grad_ref));
+        }
     }
 
     #[test]

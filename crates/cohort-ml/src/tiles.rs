@@ -1,0 +1,689 @@
+//! Register-tiled `f64` products for small fixed shapes, every output value one chain of fused multiply-adds:
+//! the sparse autoencoder's five products per block (see [`crate::sae`]).
+//!
+//! [`product`] computes `C[i, c] = start + Σ_t A(i, t) · B[t, c]` for `i < rows` and `c < 4·vecs`, where `A` is
+//! read with arbitrary strides (so `Xᵀ` is as cheap as `X`), `B` and `C` are row-major with a row stride, and the
+//! chain starts at zero, at a row vector (a bias) or at `C` itself (an accumulation). The columns come in whole
+//! groups of four (the caller pads its matrices), so that a register holds four columns of one row of `C`.
+//!
+//! A general GEMM (faer) packs its operands and picks its micro-kernel per call; for the autoencoder's shapes
+//! (blocks of a few dozen rows against 25 or 64 columns, depths of 25 to 64) that overhead and the padding of its
+//! 12×4 tiles cost about a third of the time. Here a tile of `R` rows × `V` groups of four columns keeps its
+//! `R·V` accumulators in registers for the whole depth: each step broadcasts `R` values of `A`, loads `V` vectors
+//! of `B` and issues `R·V` fused multiply-adds. The caller picks the tile shape per product (`R·V` around 10 to
+//! 12 accumulators hides the FMA latency and leaves registers for the operands); edges get smaller tiles.
+//!
+//! On x86-64 with AVX2 and FMA the tiles are written with intrinsics; elsewhere (or when asked, for the tests) a
+//! portable loop computes the same chains.
+//!
+//! **Determinism.** Each value of `C` is `start`, then `acc = a·b + acc` rounded once (a fused multiply-add) for
+//! `t = 0, 1, …, depth − 1` in order. The portable path uses [`f64::mul_add`], correctly rounded everywhere (in
+//! hardware, or in software where the CPU lacks FMA), so both paths give the same bits, and a value does not depend
+//! on the tiling, nor on the other rows or columns computed with it.
+
+use crate::error::{MlError, Result};
+use crate::kernels::{multiversion, sigmoid};
+
+/// Values per vector register (AVX2, `f64`).
+pub(crate) const LANES: usize = 4;
+
+/// Which implementation runs the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// AVX2 and FMA intrinsics (x86-64 only; [`Isa::detect`] picks it when the CPU has both).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2Fma,
+    /// Portable code, the same bits.
+    Portable,
+}
+
+impl Isa {
+    /// The fastest implementation this CPU runs.
+    pub(crate) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Isa::Avx2Fma;
+        }
+        Isa::Portable
+    }
+}
+
+/// Where the chains of a [`product`] start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// At zero.
+    Zero,
+    /// At the same row vector for every output row (a bias); at least `4·vecs` values.
+    Row(&'a [f64]),
+    /// At the destination's values: `C += A·B`.
+    Dst,
+}
+
+/// The operands of a [`product`]: `A(i, t) = a[i·a_row + t·a_step]`, `B[t, c] = b[t·ldb + c]`, `t < depth`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Operands<'a> {
+    /// Values of `A`.
+    pub a: &'a [f64],
+    /// Distance in `a` between two output rows.
+    pub a_row: usize,
+    /// Distance in `a` between two steps of the chain.
+    pub a_step: usize,
+    /// Values of `B`, row-major.
+    pub b: &'a [f64],
+    /// Row stride of `B`.
+    pub ldb: usize,
+    /// Length of every chain.
+    pub depth: usize,
+}
+
+/// `C[i, c] = start + Σ_t A(i, t)·B[t, c]` (see the module docs) for `i < rows`, `c < 4·vecs`; `C` is row-major
+/// with row stride `ldc`. `R × V` is the tile shape of the intrinsic path (rows × groups of four columns, at most
+/// 6 × 4); the result does not depend on it. Returns a shape error, before touching anything, if an operand is too
+/// short for the shapes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product<const R: usize, const V: usize>(
+    c: &mut [f64],
+    ldc: usize,
+    rows: usize,
+    vecs: usize,
+    ops: &Operands<'_>,
+    start: Start<'_>,
+    isa: Isa,
+) -> Result<()> {
+    const { assert!(R >= 1 && R <= 6 && V >= 1 && V <= 4) };
+    if rows == 0 || vecs == 0 {
+        return Ok(());
+    }
+    let cols = vecs * LANES;
+    let bad = |what: &str| Err(MlError::Shape(format!("tiled product: {what} ({rows}×{cols}, depth {})", ops.depth)));
+    if ldc < cols || (rows - 1).checked_mul(ldc).and_then(|n| n.checked_add(cols)).is_none_or(|n| n > c.len()) {
+        return bad("the destination is too short");
+    }
+    if ops.depth > 0 {
+        let a_last = (rows - 1).checked_mul(ops.a_row).zip((ops.depth - 1).checked_mul(ops.a_step));
+        if a_last.and_then(|(x, y)| x.checked_add(y)).is_none_or(|n| n >= ops.a.len()) {
+            return bad("the left operand is too short");
+        }
+        if ops.ldb < cols
+            || (ops.depth - 1).checked_mul(ops.ldb).and_then(|n| n.checked_add(cols)).is_none_or(|n| n > ops.b.len())
+        {
+            return bad("the right operand is too short");
+        }
+    }
+    if let Start::Row(bias) = start {
+        if bias.len() < cols {
+            return bad("the start row is too short");
+        }
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => {
+            let raw = x86::Raw::new(c, ldc, rows, vecs, ops, start);
+            // SAFETY: `Isa::Avx2Fma` is only made by `detect` on a CPU with AVX2 and FMA (or by a test after the
+            // same check), and every index the tiles touch lies within the bounds checked above.
+            unsafe { x86::product::<R, V>(&raw) };
+        }
+        _ => portable(c, ldc, rows, cols, ops, start),
+    }
+    Ok(())
+}
+
+/// Checks that `len` values are whole rows of `stride` values whose first `width` are used, `width` a whole
+/// number of vectors.
+fn check_rows(what: &str, len: usize, width: usize, stride: usize) -> Result<()> {
+    if width == 0 || !width.is_multiple_of(LANES) || stride < width || !len.is_multiple_of(stride) {
+        return Err(MlError::Shape(format!(
+            "{what}: {len} values are not rows of {width} (a multiple of {LANES}) every {stride} values"
+        )));
+    }
+    Ok(())
+}
+
+/// Hidden layer of a block of the sparse autoencoder: `a2 ← σ(a2)` (the bias is already in), `d = a2(1−a2)`, and
+/// `Σ a2` per unit added to `a_sum`, row after row. Rows of `a2` and `d` start `stride` values apart; the first
+/// `a_sum.len()` values of each (a multiple of 4) are used.
+pub(crate) fn hidden_layer(a2: &mut [f64], d: &mut [f64], a_sum: &mut [f64], stride: usize, isa: Isa) -> Result<()> {
+    check_rows("hidden layer", a2.len(), a_sum.len(), stride)?;
+    if d.len() != a2.len() {
+        return Err(MlError::Shape(format!("hidden layer: {} values of d for {} activations", d.len(), a2.len())));
+    }
+    match isa {
+        // SAFETY: `Isa::Avx2Fma` means the CPU has AVX2 and FMA; the lengths are checked above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { x86::hidden_layer(a2, d, a_sum, stride) },
+        _ => hidden_layer_portable(a2, d, a_sum, stride),
+    }
+    Ok(())
+}
+
+/// Output layer of a block: `a3 = σ(z3)` (the bias is already in), then `δ3 = (a3 − x) ⊙ a3(1−a3)` in place of
+/// `z3`, with the squared error `(a3 − x)²` added per column to `rec` and `δ3` to `delta3_sum`, row after row. Rows
+/// of `z3` and `x` start `stride` values apart; the first `rec.len()` values of each (a multiple of 4) are used.
+/// Prefetches the rows of `next` (the next block's patches, `v` values each), one per row computed, so that their
+/// memory latency hides behind the sigmoids.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn output_layer(
+    z3: &mut [f64],
+    x: &[f64],
+    next: &[f64],
+    v: usize,
+    rec: &mut [f64],
+    delta3_sum: &mut [f64],
+    stride: usize,
+    isa: Isa,
+) -> Result<()> {
+    check_rows("output layer", z3.len(), rec.len(), stride)?;
+    if x.len() != z3.len() || delta3_sum.len() != rec.len() || v == 0 {
+        return Err(MlError::Shape(format!("output layer: {} patch values for {} outputs", x.len(), z3.len())));
+    }
+    match isa {
+        // SAFETY: `Isa::Avx2Fma` means the CPU has AVX2 and FMA; the lengths are checked above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { x86::output_layer(z3, x, next, v, rec, delta3_sum, stride) },
+        _ => output_layer_portable(z3, x, next, v, rec, delta3_sum, stride),
+    }
+    Ok(())
+}
+
+/// Turns `W2ᵀδ3` into `e = W2ᵀδ3 ⊙ d` in place, adding `e` and `d` per unit to `e_sum` and `d_sum`, row after
+/// row (rows `stride` values apart, the first `e_sum.len()` used). Plain element-wise work that the compiler
+/// vectorises well: one implementation.
+pub(crate) fn hidden_delta(
+    e: &mut [f64],
+    d: &[f64],
+    e_sum: &mut [f64],
+    d_sum: &mut [f64],
+    stride: usize,
+) -> Result<()> {
+    check_rows("hidden delta", e.len(), e_sum.len(), stride)?;
+    if d.len() != e.len() || d_sum.len() != e_sum.len() {
+        return Err(MlError::Shape(format!("hidden delta: {} values of d for {} of e", d.len(), e.len())));
+    }
+    hidden_delta_portable(e, d, e_sum, d_sum, stride);
+    Ok(())
+}
+
+/// The portable [`product`]: each row of `C` is set to its start, then the chains advance one step at a time
+/// (the same operations in the same order as the tiles, element by element).
+fn portable(c: &mut [f64], ldc: usize, rows: usize, cols: usize, ops: &Operands<'_>, start: Start<'_>) {
+    for i in 0..rows {
+        let out = &mut c[i * ldc..i * ldc + cols];
+        match start {
+            Start::Zero => out.fill(0.0),
+            Start::Row(bias) => out.copy_from_slice(&bias[..cols]),
+            Start::Dst => {}
+        }
+        for t in 0..ops.depth {
+            let a = ops.a[i * ops.a_row + t * ops.a_step];
+            for (acc, &b) in out.iter_mut().zip(&ops.b[t * ops.ldb..t * ops.ldb + cols]) {
+                *acc = a.mul_add(b, *acc);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The portable [`hidden_layer`].
+    fn hidden_layer_portable(a2: &mut [f64], d: &mut [f64], a_sum: &mut [f64], stride: usize) {
+        let width = a_sum.len();
+        for (row, d_row) in a2.chunks_exact_mut(stride).zip(d.chunks_exact_mut(stride)) {
+            for ((a, dv), s) in row[..width].iter_mut().zip(&mut d_row[..width]).zip(a_sum.iter_mut()) {
+                let y = sigmoid(*a);
+                *a = y;
+                *dv = y * (1.0 - y);
+                *s += y;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The portable [`output_layer`].
+    fn output_layer_portable(
+        z3: &mut [f64],
+        x: &[f64],
+        next: &[f64],
+        v: usize,
+        rec: &mut [f64],
+        delta3_sum: &mut [f64],
+        stride: usize,
+    ) {
+        let width = rec.len();
+        let mut ahead = next.chunks(v);
+        for (row, x_row) in z3.chunks_exact_mut(stride).zip(x.chunks_exact(stride)) {
+            if let Some(p) = ahead.next() {
+                crate::kernels::prefetch(p);
+            }
+            for (((z, &xv), r2), g) in
+                row[..width].iter_mut().zip(&x_row[..width]).zip(rec.iter_mut()).zip(delta3_sum.iter_mut())
+            {
+                let y = sigmoid(*z);
+                let r = y - xv;
+                *r2 += r * r;
+                let delta = r * (y * (1.0 - y));
+                *z = delta;
+                *g += delta;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// [`hidden_delta`], vectorised by the compiler.
+    fn hidden_delta_portable(e: &mut [f64], d: &[f64], e_sum: &mut [f64], d_sum: &mut [f64], stride: usize) {
+        let width = e_sum.len();
+        for (e_row, d_row) in e.chunks_exact_mut(stride).zip(d.chunks_exact(stride)) {
+            for (((e, &d), es), ds) in
+                e_row[..width].iter_mut().zip(&d_row[..width]).zip(e_sum.iter_mut()).zip(d_sum.iter_mut())
+            {
+                let value = *e * d;
+                *e = value;
+                *es += value;
+                *ds += d;
+            }
+        }
+    }
+}
+
+/// The tiles with AVX2 and FMA intrinsics.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Operands, Start, LANES};
+    use crate::kernels::sigmoid_avx2;
+
+    /// Sigmoids of this many vectors are computed together (see [`crate::kernels::sigmoid_avx2`]).
+    const GROUP: usize = 4;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn load(v: &[f64; LANES]) -> __m256d {
+        // SAFETY: four readable values.
+        unsafe { _mm256_loadu_pd(v.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn store(v: &mut [f64; LANES], x: __m256d) {
+        // SAFETY: four writable values.
+        unsafe { _mm256_storeu_pd(v.as_mut_ptr(), x) }
+    }
+
+    /// Vectors `at[0..G]` (offsets into `a2` and `d`) of the hidden layer: `a2 ← σ(a2)`, `d = a2(1−a2)`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hidden_group<const G: usize>(a2: &mut [f64], d: &mut [f64], at: [usize; G]) {
+        let mut z = [_mm256_setzero_pd(); G];
+        for g in 0..G {
+            z[g] = load(first(&a2[at[g]..]));
+        }
+        let y = sigmoid_avx2(z);
+        for g in 0..G {
+            store(first_mut(&mut a2[at[g]..]), y[g]);
+            store(first_mut(&mut d[at[g]..]), _mm256_mul_pd(y[g], _mm256_sub_pd(_mm256_set1_pd(1.0), y[g])));
+        }
+    }
+
+    /// The first four values of `s` (which must hold them).
+    #[inline(always)]
+    fn first(s: &[f64]) -> &[f64; LANES] {
+        s.first_chunk().expect("a whole vector")
+    }
+
+    /// The first four values of `s` (which must hold them).
+    #[inline(always)]
+    fn first_mut(s: &mut [f64]) -> &mut [f64; LANES] {
+        s.first_chunk_mut().expect("a whole vector")
+    }
+
+    /// [`super::hidden_layer`] with AVX2 and FMA: the same operations as the portable code, lane by lane. The
+    /// sigmoids run [`GROUP`] vectors at a time, across row ends.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; the lengths are those [`super::hidden_layer`] checks.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn hidden_layer(a2: &mut [f64], d: &mut [f64], a_sum: &mut [f64], stride: usize) {
+        let per_row = a_sum.len() / LANES;
+        let total = a2.len() / stride * per_row;
+        let at = |k: usize| k / per_row * stride + k % per_row * LANES;
+        let mut k = 0;
+        while k + GROUP <= total {
+            hidden_group::<GROUP>(a2, d, std::array::from_fn(|g| at(k + g)));
+            k += GROUP;
+        }
+        while k < total {
+            hidden_group::<1>(a2, d, [at(k)]);
+            k += 1;
+        }
+        let (sums, _) = a_sum.as_chunks_mut::<LANES>();
+        for row in a2.chunks_exact(stride) {
+            let (row, _) = row.as_chunks::<LANES>();
+            for (s, a) in sums.iter_mut().zip(row) {
+                store(s, _mm256_add_pd(load(s), load(a)));
+            }
+        }
+    }
+
+    /// Vectors `c..c+G` of one row of the output layer.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn output_group<const G: usize>(
+        z: &mut [[f64; LANES]],
+        x: &[[f64; LANES]],
+        rec: &mut [[f64; LANES]],
+        delta3_sum: &mut [[f64; LANES]],
+        c: usize,
+    ) {
+        let mut pre = [_mm256_setzero_pd(); G];
+        for g in 0..G {
+            pre[g] = load(&z[c + g]);
+        }
+        let y = sigmoid_avx2(pre);
+        for g in 0..G {
+            let r = _mm256_sub_pd(y[g], load(&x[c + g]));
+            let sq = _mm256_add_pd(load(&rec[c + g]), _mm256_mul_pd(r, r));
+            store(&mut rec[c + g], sq);
+            let slope = _mm256_mul_pd(y[g], _mm256_sub_pd(_mm256_set1_pd(1.0), y[g]));
+            let delta = _mm256_mul_pd(r, slope);
+            store(&mut z[c + g], delta);
+            let sum = _mm256_add_pd(load(&delta3_sum[c + g]), delta);
+            store(&mut delta3_sum[c + g], sum);
+        }
+    }
+
+    /// [`super::output_layer`] with AVX2 and FMA: the same operations as the portable code, lane by lane.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; the lengths are those [`super::output_layer`] checks.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn output_layer(
+        z3: &mut [f64],
+        x: &[f64],
+        next: &[f64],
+        v: usize,
+        rec: &mut [f64],
+        delta3_sum: &mut [f64],
+        stride: usize,
+    ) {
+        let width = rec.len();
+        let (rec, _) = rec.as_chunks_mut::<LANES>();
+        let (delta3_sum, _) = delta3_sum.as_chunks_mut::<LANES>();
+        let n = rec.len().min(delta3_sum.len());
+        let mut ahead = next.chunks(v);
+        for (row, x_row) in z3.chunks_exact_mut(stride).zip(x.chunks_exact(stride)) {
+            if let Some(p) = ahead.next() {
+                crate::kernels::prefetch(p);
+            }
+            let (z, _) = row[..width].as_chunks_mut::<LANES>();
+            let (x, _) = x_row[..width].as_chunks::<LANES>();
+            let mut c = 0;
+            while c + GROUP <= n {
+                output_group::<GROUP>(z, x, rec, delta3_sum, c);
+                c += GROUP;
+            }
+            while c < n {
+                output_group::<1>(z, x, rec, delta3_sum, c);
+                c += 1;
+            }
+        }
+    }
+
+    /// Where the chains start, as a pointer.
+    #[derive(Clone, Copy)]
+    enum RawStart {
+        Zero,
+        Row(*const f64),
+        Dst,
+    }
+
+    /// A checked [`super::product`] as raw pointers.
+    pub(super) struct Raw {
+        c: *mut f64,
+        ldc: usize,
+        rows: usize,
+        vecs: usize,
+        a: *const f64,
+        a_row: usize,
+        a_step: usize,
+        b: *const f64,
+        ldb: usize,
+        depth: usize,
+        start: RawStart,
+    }
+
+    impl Raw {
+        pub(super) fn new(
+            c: &mut [f64],
+            ldc: usize,
+            rows: usize,
+            vecs: usize,
+            ops: &Operands<'_>,
+            start: Start<'_>,
+        ) -> Raw {
+            let start = match start {
+                Start::Zero => RawStart::Zero,
+                Start::Row(bias) => RawStart::Row(bias.as_ptr()),
+                Start::Dst => RawStart::Dst,
+            };
+            Raw {
+                c: c.as_mut_ptr(),
+                ldc,
+                rows,
+                vecs,
+                a: ops.a.as_ptr(),
+                a_row: ops.a_row,
+                a_step: ops.a_step,
+                b: ops.b.as_ptr(),
+                ldb: ops.ldb,
+                depth: ops.depth,
+                start,
+            }
+        }
+    }
+
+    /// Runs the tiles over the whole product: column groups of `V` vectors outside (their slice of `B` stays in
+    /// the L1 cache), rows of `R` inside; the edges take the largest tile that fits.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA, and `k` must come from a product whose bounds [`super::product`] checked.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn product<const R: usize, const V: usize>(k: &Raw) {
+        let mut c0 = 0;
+        while c0 < k.vecs {
+            let vw = (k.vecs - c0).min(V);
+            let mut i0 = 0;
+            while i0 < k.rows {
+                let rh = (k.rows - i0).min(R);
+                // SAFETY: rows i0..i0+rh and vectors c0..c0+vw lie inside the checked product; AVX2 and FMA are
+                // present (this function's contract).
+                unsafe {
+                    macro_rules! dispatch {
+                        ($(($r:literal, $v:literal)),*) => {
+                            match (rh, vw) {
+                                $(($r, $v) => tile::<$r, $v>(k, i0, c0),)*
+                                _ => unreachable!("tile {rh}×{vw} beyond 6×4"),
+                            }
+                        };
+                    }
+                    dispatch!(
+                        (1, 1),
+                        (1, 2),
+                        (1, 3),
+                        (1, 4),
+                        (2, 1),
+                        (2, 2),
+                        (2, 3),
+                        (2, 4),
+                        (3, 1),
+                        (3, 2),
+                        (3, 3),
+                        (3, 4),
+                        (4, 1),
+                        (4, 2),
+                        (4, 3),
+                        (4, 4),
+                        (5, 1),
+                        (5, 2),
+                        (5, 3),
+                        (5, 4),
+                        (6, 1),
+                        (6, 2),
+                        (6, 3),
+                        (6, 4)
+                    )
+                }
+                i0 += rh;
+            }
+            c0 += vw;
+        }
+    }
+
+    /// Rows `i0..i0+R` × columns `4·c0..4·(c0+V)` of the product, accumulated in registers over the whole depth.
+    ///
+    /// # Safety
+    /// AVX2 and FMA, and the tile inside the checked product.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    // Index loops keep the schedule readable: R broadcasts, then per vector of B one load and R multiply-adds.
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn tile<const R: usize, const V: usize>(k: &Raw, i0: usize, c0: usize) {
+        let mut acc = [[_mm256_setzero_pd(); V]; R];
+        // SAFETY (whole body): every pointer below addresses an element of the checked product: rows i0..i0+R of C
+        // and A, columns 4·c0..4·(c0+V) of B, C and the start row, steps 0..depth of A and B. The pointers are
+        // advanced with `wrapping_add`, and read only while they address a step below `depth`.
+        unsafe {
+            match k.start {
+                RawStart::Zero => {}
+                RawStart::Row(bias) => {
+                    for v in 0..V {
+                        let b = _mm256_loadu_pd(bias.add(LANES * (c0 + v)));
+                        for row in acc.iter_mut() {
+                            row[v] = b;
+                        }
+                    }
+                }
+                RawStart::Dst => {
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        for (v, a) in row.iter_mut().enumerate() {
+                            *a = _mm256_loadu_pd(k.c.add((i0 + i) * k.ldc + LANES * (c0 + v)));
+                        }
+                    }
+                }
+            }
+            let mut ap = [k.a; R];
+            for (i, p) in ap.iter_mut().enumerate() {
+                *p = k.a.add((i0 + i) * k.a_row);
+            }
+            let mut bp = k.b.add(LANES * c0);
+            for _ in 0..k.depth {
+                let mut s = [_mm256_setzero_pd(); R];
+                for i in 0..R {
+                    s[i] = _mm256_broadcast_sd(&*ap[i]);
+                    ap[i] = ap[i].wrapping_add(k.a_step);
+                }
+                for v in 0..V {
+                    let b = _mm256_loadu_pd(bp.add(LANES * v));
+                    for i in 0..R {
+                        acc[i][v] = _mm256_fmadd_pd(s[i], b, acc[i][v]);
+                    }
+                }
+                bp = bp.wrapping_add(k.ldb);
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (v, a) in row.iter().enumerate() {
+                    _mm256_storeu_pd(k.c.add((i0 + i) * k.ldc + LANES * (c0 + v)), *a);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort::rng::Rng;
+
+    fn data(n: usize, seed: u64) -> Vec<f64> {
+        let mut rng = Rng::new(seed);
+        (0..n).map(|_| rng.uniform() - 0.5).collect()
+    }
+
+    /// Runs one product with every tile shape the sparse autoencoder uses and the portable path, and checks that
+    /// all agree bit for bit with the chain written out.
+    fn check(rows: usize, vecs: usize, depth: usize, transposed: bool, start_kind: usize) {
+        let cols = vecs * LANES;
+        let ldc = cols + 4;
+        let ldb = cols + 8;
+        let (a_row, a_step) = if transposed { (1, rows + 3) } else { (depth + 2, 1) };
+        let a = data(rows.max(1) * a_row + depth.max(1) * a_step + 1, 1);
+        let b = data(depth.max(1) * ldb, 2);
+        let bias = data(cols, 3);
+        let init = data(rows * ldc, 4);
+        let start = match start_kind {
+            0 => Start::Zero,
+            1 => Start::Row(&bias),
+            _ => Start::Dst,
+        };
+        let ops = Operands { a: &a, a_row, a_step, b: &b, ldb, depth };
+        let mut want = init.clone();
+        for i in 0..rows {
+            for col in 0..cols {
+                let mut acc = match start_kind {
+                    0 => 0.0,
+                    1 => bias[col],
+                    _ => init[i * ldc + col],
+                };
+                for t in 0..depth {
+                    acc = a[i * a_row + t * a_step].mul_add(b[t * ldb + col], acc);
+                }
+                want[i * ldc + col] = acc;
+            }
+        }
+        let isa = Isa::detect();
+        let mut got = [init.clone(), init.clone(), init.clone(), init.clone(), init.clone()];
+        product::<3, 4>(&mut got[0], ldc, rows, vecs, &ops, start, isa).unwrap();
+        product::<5, 2>(&mut got[1], ldc, rows, vecs, &ops, start, isa).unwrap();
+        product::<6, 2>(&mut got[2], ldc, rows, vecs, &ops, start, isa).unwrap();
+        product::<1, 1>(&mut got[3], ldc, rows, vecs, &ops, start, isa).unwrap();
+        product::<3, 4>(&mut got[4], ldc, rows, vecs, &ops, start, Isa::Portable).unwrap();
+        for g in &got {
+            for (x, y) in g.iter().zip(&want) {
+                assert_eq!(
+                    x.to_bits(),
+                    y.to_bits(),
+                    "{rows}×{vecs}×{depth} transposed {transposed} start {start_kind}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_tiling_and_the_portable_path_give_the_chain_bit_for_bit() {
+        for (rows, vecs, depth) in
+            [(1, 1, 1), (7, 7, 64), (25, 16, 64), (13, 16, 25), (64, 7, 64), (5, 3, 0), (11, 5, 9)]
+        {
+            for transposed in [false, true] {
+                for start in 0..3 {
+                    check(rows, vecs, depth, transposed, start);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_operands_are_errors() {
+        let a = [1.0; 16];
+        let b = [1.0; 16];
+        let ops = Operands { a: &a, a_row: 4, a_step: 1, b: &b, ldb: 4, depth: 4 };
+        let mut c = [0.0; 16];
+        let isa = Isa::detect();
+        assert!(product::<3, 4>(&mut c, 4, 4, 1, &ops, Start::Zero, isa).is_ok());
+        assert_eq!(c, [4.0; 16]);
+        assert!(product::<3, 4>(&mut c, 4, 5, 1, &ops, Start::Zero, isa).is_err());
+        assert!(product::<3, 4>(&mut c, 4, 4, 2, &ops, Start::Zero, isa).is_err());
+        assert!(product::<3, 4>(&mut c, 4, 4, 1, &Operands { depth: 5, ..ops }, Start::Zero, isa).is_err());
+        assert!(product::<3, 4>(&mut c, 4, 4, 1, &ops, Start::Row(&[0.0; 3]), isa).is_err());
+        assert!(product::<3, 4>(&mut c, 3, 4, 1, &ops, Start::Dst, isa).is_err());
+    }
+}
