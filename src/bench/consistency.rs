@@ -314,24 +314,25 @@ fn summarise(rows: &[Row]) {
     for (servers, setting) in groups {
         let rows: Vec<&Row> = rows.iter().filter(|r| r.servers == servers).collect();
         let of = |m: &str| rows.iter().copied().find(|r| r.setting == setting && r.mode == m);
-        let Some(bsp) = of("bsp") else { continue };
-        let bounded = rows.iter().filter(|r| {
-            r.setting == setting
-                && (r.mode.starts_with("ssp") || r.mode.starts_with("asp"))
-                && !r.mode.ends_with("+blocks")
-        });
-        let best =
-            bounded.filter(|r| r.to_target.is_some()).min_by(|a, b| a.to_target.partial_cmp(&b.to_target).unwrap());
-        match (bsp.to_target, best) {
-            (Some(tb), Some(b)) => println!(
-                "{servers} server(s), straggler {setting}: {} reached the target {:.2}x as fast as BSP (target ≥ 1.5x with a straggler); final \
-                 accuracy {} vs BSP's {} (target within 0.005)",
-                b.mode,
-                tb / b.to_target.unwrap_or(f64::NAN),
-                b.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
-                bsp.accuracy.map_or("-".into(), |a| format!("{a:.4}"))
-            ),
-            _ => println!("{servers} server(s), straggler {setting}: BSP or every bounded mode missed the target"),
+        if let Some(bsp) = of("bsp") {
+            let bounded = rows.iter().filter(|r| {
+                r.setting == setting
+                    && (r.mode.starts_with("ssp") || r.mode.starts_with("asp"))
+                    && !r.mode.ends_with("+blocks")
+            });
+            let best =
+                bounded.filter(|r| r.to_target.is_some()).min_by(|a, b| a.to_target.partial_cmp(&b.to_target).unwrap());
+            match (bsp.to_target, best) {
+                (Some(tb), Some(b)) => println!(
+                    "{servers} server(s), straggler {setting}: {} reached the target {:.2}x as fast as BSP (target ≥ 1.5x with a straggler); final \
+                     accuracy {} vs BSP's {} (target within 0.005)",
+                    b.mode,
+                    tb / b.to_target.unwrap_or(f64::NAN),
+                    b.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+                    bsp.accuracy.map_or("-".into(), |a| format!("{a:.4}"))
+                ),
+                _ => println!("{servers} server(s), straggler {setting}: BSP or every bounded mode missed the target"),
+            }
         }
         if let (Some(plain), Some(blocked)) = (of("ssp:1"), of("ssp:1+blocks")) {
             let (a, b) = (plain.pushed + plain.pulled, blocked.pushed + blocked.pulled);
@@ -400,7 +401,7 @@ pub fn csv(rows: &[Row]) -> String {
             "{},{},{},{},{},{},{:.3},{},{},{:.3},{},{:.1},{:.3}\n",
             r.servers,
             r.setting,
-            r.mode,
+            csv_field(&r.mode),
             r.to_target.map_or(String::new(), |t| format!("{t:.3}")),
             r.accuracy.map_or(String::new(), |a| format!("{a:.4}")),
             r.loss,
@@ -414,4 +415,13 @@ pub fn csv(rows: &[Row]) -> String {
         );
     }
     out
+}
+
+/// A CSV field, quoted when it holds a comma or a quote (ASP's `asp:4,16`).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }

@@ -293,7 +293,8 @@ impl PsOutcome {
         self.workers.iter().fold((0, 0), |(p, q), w| (p + w.pushed_bytes, q + w.pulled_bytes))
     }
 
-    /// Updates (rule steps) the servers applied per second of the run, summed over the key ranges.
+    /// Workers' updates applied per second of the run: the rule steps of every key range, divided by the number of
+    /// ranges (a push that touches every range counts once).
     pub fn updates_per_sec(&self) -> f64 {
         let steps: u64 = self.metrics.iter().map(|m| m.steps).sum();
         let ranges = self.metrics.len().max(1) as f64;

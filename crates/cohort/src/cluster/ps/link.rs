@@ -95,7 +95,9 @@ impl Link {
                             return;
                         }
                     }
-                    Ok(None) => {
+                    // A peer that goes away (closed, reset, cut mid-frame) is a close; the master's failure detector
+                    // says why.
+                    Ok(None) | Err(WireError::Io(_) | WireError::Truncated) => {
                         let _ = events.send(wrap(LinkEvent::Closed(peer)));
                         return;
                     }
