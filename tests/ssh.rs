@@ -346,5 +346,6 @@ fn parameter_servers_and_workers_over_ssh_train_in_every_mode_and_bsp_like_local
             panic!("{mode}: {e}\n{}", sshd.log());
         }
     }
-    assert!(sshd.worker_pids().is_empty(), "remote workers or servers left running");
+    let gone = || sshd.worker_pids().is_empty();
+    assert!(eventually(Duration::from_secs(5), gone), "remote workers or servers left running");
 }

@@ -69,6 +69,7 @@ pub fn run_if_worker(registry: &Registry) {
 
 /// Serves one master over stdin/stdout until it shuts us down or goes away.
 pub fn serve_stdio(registry: &Registry) -> Result<(), WorkerError> {
+    die_with_parent()?;
     let protocol_out = redirect_stdout_to_stderr()?;
     let mut input = BufReader::with_capacity(256 * 1024, std::io::stdin());
     let secret = match std::env::var(SECRET_ENV) {
@@ -79,6 +80,28 @@ pub fn serve_stdio(registry: &Registry) -> Result<(), WorkerError> {
         Ok(addr) => serve_tcp(registry, &addr, input, protocol_out, &secret),
         Err(_) => serve(registry, input, protocol_out, &secret, true),
     }
+}
+
+/// Asks the kernel to SIGKILL this worker when the process that started it ends: the master for a local worker, the
+/// ssh server's session for a remote one (it ends with the master's connection). A worker that reads its control
+/// channel ends on EOF anyway; this also ends one that cannot read — frozen by SIGSTOP, or stuck — so no lost
+/// worker outlives its master. Fails if the parent is already gone.
+fn die_with_parent() -> Result<(), WorkerError> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl and getppid only read and set this process's own attributes.
+        let before = unsafe { libc::getppid() };
+        // SAFETY: as above.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+            return Err(WorkerError::Setup(format!("prctl(PR_SET_PDEATHSIG): {}", std::io::Error::last_os_error())));
+        }
+        // A parent that died before the request was made reparented us without a signal.
+        // SAFETY: as above.
+        if unsafe { libc::getppid() } != before {
+            return Err(WorkerError::Setup("the process that started this worker is gone".into()));
+        }
+    }
+    Ok(())
 }
 
 /// Listens on `addr`, announces the port on the control channel, and serves the first connection that passes the
