@@ -208,3 +208,58 @@ fn cohort_train_ps_reports_the_run_and_refuses_bad_settings() {
         "replication 3",
     );
 }
+
+/// `cohort bench consistency` with a list of server counts, a straggler and block scheduling: one CSV row per
+/// (servers, straggler, mode), ASP's mode quoted, the block-scheduling row, and an SVG.
+#[test]
+fn bench_consistency_writes_its_table_csv_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, svg) = (dir.path().join("c.csv"), dir.path().join("c.svg"));
+    let out = run_cohort(&[
+        "bench",
+        "consistency",
+        "--model",
+        "linear",
+        "--train-rows",
+        "2000",
+        "--modes",
+        "bsp asp:2,8",
+        "--workers",
+        "2",
+        "--servers",
+        "1,2",
+        "--straggler",
+        "2",
+        "--epochs",
+        "0.5",
+        "--batch",
+        "32",
+        "--eval-every",
+        "0.05",
+        "--target-loss",
+        "10",
+        "--blocks",
+        "8,0.5,4",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("block scheduling:"), "{stdout}");
+    let table = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    // Per server count: bsp and asp without and with the straggler, and ssp:1 with and without blocks without it.
+    assert_eq!(rows.len(), 2 * 6, "{table}");
+    for servers in ["1", "2"] {
+        for prefix in
+            ["none,bsp,", "none,\"asp:2,8\",", "2x,bsp,", "2x,\"asp:2,8\",", "none,ssp:1,", "none,ssp:1+blocks,"]
+        {
+            let want = format!("{servers},{prefix}");
+            assert!(rows.iter().any(|r| r.starts_with(&want)), "no row {want}: {table}");
+        }
+    }
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    fails_with(&["bench", "consistency", "--servers", "1,0"], "--servers \"1,0\" must be counts of at least 1");
+}

@@ -232,6 +232,10 @@ pub fn run(args: ConsistencyArgs) -> Result<()> {
         }
         let mut runs: Vec<(String, Option<String>)> = modes.iter().map(|m| (m.clone(), None)).collect();
         if let (Some(b), None) = (&args.blocks, straggler) {
+            // Block scheduling is compared with plain SSP(1): run it too when the modes do not.
+            if !modes.iter().any(|m| m == "ssp:1") {
+                runs.push(("ssp:1".into(), None));
+            }
             runs.push(("ssp:1".into(), Some(b.clone())));
         }
         for (mode, blocks) in runs {
