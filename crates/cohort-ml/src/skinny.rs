@@ -509,12 +509,18 @@ mod x86 {
             if c == CLASSES {
                 while r0 + ROWS <= rows {
                     // SAFETY: AVX2 and FMA are present (this function's contract); the tile lies inside the shapes.
-                    unsafe { xwt32_tile(z, x, wf, w, d, k, r0, c0) };
+                    unsafe { xwt32_tile::<ROWS>(z, x, wf, w, d, k, r0, c0) };
                     r0 += ROWS;
                 }
             }
-            // The edges, a value at a time with the portable arithmetic.
+            // The edges: a last odd row in a one-row tile; fewer than five classes a value at a time with the
+            // portable arithmetic.
             for r in r0..rows {
+                if c == CLASSES {
+                    // SAFETY: as above, with one row.
+                    unsafe { xwt32_tile::<1>(z, x, wf, w, d, k, r, c0) };
+                    continue;
+                }
                 let mut one = [0.0f64; CLASSES];
                 xwt32_portable(
                     &mut one[..c],
@@ -530,7 +536,7 @@ mod x86 {
         }
     }
 
-    /// Rows `r0, r0+1` × classes `c0..c0+5` of `z = x · wᵀ` on `f32` data: `f32` products summed in `f32` over runs
+    /// Rows `r0..r0+R` × classes `c0..c0+5` of `z = x · wᵀ` on `f32` data: `f32` products summed in `f32` over runs
     /// of features, each run widened into `f64` lanes.
     ///
     /// # Safety
@@ -538,38 +544,49 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn xwt32_tile(z: &mut [f64], x: &[f32], wf: &[f32], w: &[f64], d: usize, k: usize, r0: usize, c0: usize) {
-        let xs: [&[f32]; ROWS] = std::array::from_fn(|i| &x[(r0 + i) * d..(r0 + i + 1) * d]);
+    unsafe fn xwt32_tile<const R: usize>(
+        z: &mut [f64],
+        x: &[f32],
+        wf: &[f32],
+        w: &[f64],
+        d: usize,
+        k: usize,
+        r0: usize,
+        c0: usize,
+    ) {
+        let xs: [&[f32]; R] = std::array::from_fn(|i| &x[(r0 + i) * d..(r0 + i + 1) * d]);
         let wfs: [&[f32]; CLASSES] = std::array::from_fn(|c| &wf[(c0 + c) * d..(c0 + c + 1) * d]);
-        let (x0, x1) = (xs[0].as_ptr(), xs[1].as_ptr());
+        let xp: [*const f32; R] = std::array::from_fn(|i| xs[i].as_ptr());
         let wp: [*const f32; CLASSES] = std::array::from_fn(|c| wfs[c].as_ptr());
-        let mut acc = [[_mm256_setzero_pd(); CLASSES]; ROWS];
-        // As in `xwt_tile`: the first class tile prefetches the rows two tiles ahead, a cache line at a time.
-        let (ahead, row_bytes) = (x1.wrapping_add(3 * d) as *const i8, d * size_of::<f32>());
+        let mut acc = [[_mm256_setzero_pd(); CLASSES]; R];
+        // As in `xwt_tile`: the first class tile prefetches the rows two tiles ahead, a cache line at a time (the
+        // one-row edge tile does not).
+        let prefetch = c0 == 0 && R == ROWS;
+        let (ahead, row_bytes) = (xp[R - 1].wrapping_add(3 * d) as *const i8, d * size_of::<f32>());
         let line = 64 / size_of::<f32>();
         let body = d / LANES32 * LANES32;
         let mut j0 = 0;
         while j0 < body {
             let end = (j0 + RUN_FEATURES).min(body);
-            let mut a = [[_mm256_setzero_ps(); CLASSES]; ROWS];
+            let mut a = [[_mm256_setzero_ps(); CLASSES]; R];
             for j in (j0..end).step_by(LANES32) {
-                if c0 == 0 && j % line == 0 {
+                if prefetch && j % line == 0 {
                     let p = ahead.wrapping_add(j * size_of::<f32>());
                     _mm_prefetch::<_MM_HINT_T0>(p);
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(row_bytes));
                 }
                 // SAFETY: j + 8 ≤ body ≤ d, the length of every row sliced above.
                 unsafe {
-                    let xa = _mm256_loadu_ps(x0.add(j));
-                    let xb = _mm256_loadu_ps(x1.add(j));
+                    let xv: [__m256; R] = std::array::from_fn(|i| _mm256_loadu_ps(xp[i].add(j)));
                     for c in 0..CLASSES {
                         let wv = _mm256_loadu_ps(wp[c].add(j));
-                        a[0][c] = _mm256_fmadd_ps(xa, wv, a[0][c]);
-                        a[1][c] = _mm256_fmadd_ps(xb, wv, a[1][c]);
+                        for i in 0..R {
+                            a[i][c] = _mm256_fmadd_ps(xv[i], wv, a[i][c]);
+                        }
                     }
                 }
             }
-            for i in 0..ROWS {
+            for i in 0..R {
                 for c in 0..CLASSES {
                     let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a[i][c]));
                     let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(a[i][c]));
@@ -578,7 +595,7 @@ mod x86 {
             }
             j0 = end;
         }
-        for i in 0..ROWS {
+        for i in 0..R {
             for c in 0..CLASSES {
                 let mut lanes = [0.0f64; LANES];
                 // SAFETY: four f64 are 32 writable bytes.
