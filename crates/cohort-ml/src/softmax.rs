@@ -9,11 +9,14 @@
 //! Each chunk returns a [`Partial`] with `count` = rows and sums `[Σ loss (1), Σ ∂/∂W (k×d), Σ ∂/∂b (k)]`;
 //! `reduce` adds them and [`SoftmaxConfig::finish`] divides by the count and adds the decay term.
 //!
-//! **Precision and kernels.** The data are `f32`, the parameters and all arithmetic `f64`, so the gradient is
-//! accurate enough for a finite-difference check at 1e-7 and for L-BFGS to converge tightly. A chunk is processed in
-//! blocks of [`BLOCK_ROWS`] rows that stay in the L2 cache: the logits `Z = X·Wᵀ` and the gradient `G += (P − Y)ᵀ·X`
-//! go through [`crate::skinny`], which reads the `f32` rows in place and widens them in registers (no copy), with
-//! register tiles shaped for ten classes.
+//! **Precision and kernels.** The data are `f32` and the parameters `f64`. A chunk is processed in blocks of
+//! [`BLOCK_ROWS`] rows that stay in the L2 cache: the logits `Z = X·Wᵀ` and the gradient `G += (P − Y)ᵀ·X` go
+//! through [`crate::skinny`], which reads the `f32` rows in place with register tiles shaped for ten classes. Its
+//! products are `f32` (`W` and `P − Y` rounded to `f32`), summed in `f32` over short runs and in `f64` beyond, so
+//! the cost and gradient are accurate to about 1e-7 relative; the softmax, the loss and the sums across blocks and
+//! chunks are `f64`. Since `W` is rounded to `f32` in the logits, the cost is not smooth below that level: a
+//! central finite difference with step 1e-5 agrees with the gradient to about 1e-4 once there are ≥ 8 features
+//! (to 1e-6 with step 1e-3).
 
 use cohort::wire::WireError;
 use cohort::{MapReduce, Payload, Shard};
@@ -402,15 +405,18 @@ mod tests {
         let theta = random_theta(&c, 4);
         let (cost, grad) = c.cost_grad(&theta, &data.as_shard()).unwrap();
         let (cost_ref, grad_ref) = reference(&c, &theta, data.values(), data.labels().unwrap());
-        assert!(((cost - cost_ref) / cost_ref).abs() < 1e-13);
-        assert!(rel_err(&grad, &grad_ref) < 1e-13);
+        // The products are f32 (`crate::skinny`): W and P − Y are rounded to f32 (2⁻²⁴ ≈ 6e-8), so the cost and
+        // gradient agree with the all-f64 reference to about that, not to f64 rounding.
+        assert!(((cost - cost_ref) / cost_ref).abs() < 1e-7);
+        assert!(rel_err(&grad, &grad_ref) < 1e-7);
         let params = c.params(&theta).unwrap();
         let total =
             (0..5).map(|i| SoftmaxJob.map(&params, &data.shard(i))).reduce(|a, b| SoftmaxJob.reduce(a, b)).unwrap();
         assert_eq!(total.count, 300);
         let (cost_mr, grad_mr) = c.finish(&theta, &total).unwrap();
+        // Chunks restart the f32 runs of rows in the gradient product, so the gradient moves at the f32 level.
         assert!(((cost - cost_mr) / cost).abs() < 1e-12);
-        assert!(rel_err(&grad, &grad_mr) < 1e-12);
+        assert!(rel_err(&grad, &grad_mr) < 1e-7);
         assert_eq!(SoftmaxParams::from_bytes(&params.to_bytes()).unwrap(), params);
     }
 
