@@ -82,7 +82,7 @@ fn softmax_under_bsp_learns_fashion_mnist_identically_run_to_run() {
     let (data, real) = images(true);
     let config = SoftmaxConfig::new(10, 784, 1e-4);
     let train = data.train.clone().with_chunks(4).unwrap();
-    let out = bsp_twice(&SoftmaxPs, &config, &train, &options("bsp", "sgd:0.2", 50, 120));
+    let out = bsp_twice(&SoftmaxPs, &config, &train, &options("bsp", "sgd:0.1", 50, 120));
     let before = SoftmaxPs.evaluate(&config, &SoftmaxPs.init(&config, 0), &data.test).unwrap();
     let after = SoftmaxPs.evaluate(&config, &out.params, &data.test).unwrap();
     eprintln!("softmax: test {before:?} → {after:?} in {:?}", out.wall);

@@ -172,7 +172,7 @@ pub fn workload(args: &WorkloadSpec) -> Result<Box<dyn Workload>> {
                 let save = move |path: &Path, params: &[f32], training| {
                     Ok(SoftmaxPs::save_model(path, &config, params, training)?)
                 };
-                let job = psrun::Job::new("softmax", "sgd:0.2", SoftmaxPs, config, train, eval);
+                let job = psrun::Job::new("softmax", "sgd:0.1", SoftmaxPs, config, train, eval);
                 Ok(Box::new(job.classifier().saver(save)))
             } else {
                 let mlp = Mlp::new(&[train.cols(), 32, 10])?;

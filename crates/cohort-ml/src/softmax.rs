@@ -398,6 +398,31 @@ mod tests {
         assert!(err <= 1e-7, "relative error {err:e}");
     }
 
+    /// The same check where the products run in `f32` (64 features: whole runs of 8). The step must be large
+    /// enough that the cost's `f32` rounding (about 1e-7 relative) does not swamp the difference, so the check is
+    /// limited by the difference's own truncation error (about 1e-5 at this step); the gradient's accuracy itself
+    /// is checked against the all-`f64` reference below.
+    #[test]
+    fn gradient_matches_finite_differences_on_the_f32_path() {
+        let c = SoftmaxConfig::new(10, 64, 0.1);
+        let data = data(40, 64, 10, 5);
+        let theta = random_theta(&c, 6);
+        let (_, grad) = c.cost_grad(&theta, &data.as_shard()).unwrap();
+        let eps = 1e-3;
+        let numeric: Vec<f64> = (0..theta.len())
+            .map(|i| {
+                let mut t = theta.clone();
+                t[i] += eps;
+                let up = c.cost_grad(&t, &data.as_shard()).unwrap().0;
+                t[i] -= 2.0 * eps;
+                let down = c.cost_grad(&t, &data.as_shard()).unwrap().0;
+                (up - down) / (2.0 * eps)
+            })
+            .collect();
+        let err = rel_err(&numeric, &grad);
+        assert!(err <= 3e-5, "relative error {err:e}");
+    }
+
     #[test]
     fn matches_the_reference_and_chunking_does_not_matter() {
         let c = SoftmaxConfig::new(10, 20, 1e-3);
