@@ -321,7 +321,8 @@ fn ps_message() -> impl Strategy<Value = Message> {
             }
         ),
         (any::<u64>(), any::<u32>()).prop_map(|(run, range)| Message::PsInject { run, range }),
-        (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(run, range, req)| Message::PsFetch { run, range, req }),
+        (any::<u64>(), any::<u32>(), any::<u64>(), any::<bool>())
+            .prop_map(|(run, range, req, last)| Message::PsFetch { run, range, req, last }),
         (any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>())
             .prop_map(|(run, range, req, metrics_len)| Message::PsFetched { run, range, req, metrics_len }),
         any::<u64>().prop_map(|run| Message::PsEnd { run }),

@@ -488,6 +488,12 @@ impl ServerCore {
         out.push(Outgoing { to: worker, reply });
     }
 
+    /// Whether every worker has left (each declared its last clock and left, or was dropped): nothing more can
+    /// arrive, and everything held has been applied.
+    pub fn all_left(&self) -> bool {
+        (0..self.config.workers).all(|w| !self.clocks.is_live(w))
+    }
+
     fn leave(&mut self, worker: WorkerIdx, now: Duration, out: &mut Vec<Outgoing>) {
         if !self.clocks.is_live(worker) {
             return;

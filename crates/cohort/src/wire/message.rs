@@ -502,6 +502,9 @@ pub enum Message {
         range: u32,
         /// Request id.
         req: RequestId,
+        /// The final fetch, after every worker finished: answered only once every worker has left the range (their
+        /// last clock and leave travel on other connections and may still be on their way), or after a minute.
+        last: bool,
     },
     /// Server → master: a range's parameters. Payload: `f32` little-endian values, then the postcard-encoded
     /// metrics of the range's server core (`metrics_len` bytes at the end).

@@ -29,7 +29,7 @@ pub(crate) type Notify = Arc<dyn Fn(Message, Vec<u8>) + Send + Sync>;
 pub(crate) enum Control {
     Chains { chains: Vec<Vec<u32>>, addrs: Vec<(String, u16)> },
     Inject { range: u32, request: Request },
-    Fetch { range: u32, req: u64 },
+    Fetch { range: u32, req: u64, last: bool },
     End,
 }
 
@@ -54,6 +54,8 @@ impl ServerHandle {
 
 /// How long a peer may take to connect and prove the secret.
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the final fetch waits for every worker to have left a range before it is answered anyway.
+const LAST_FETCH_WAIT: Duration = Duration::from_secs(60);
 
 /// Starts serving `ranges` (with their initial parameters) for run `run`; returns the handle and the port it
 /// listens on.
@@ -118,6 +120,7 @@ pub(crate) fn start(
         next: HashMap::new(),
         forward: BTreeMap::new(),
         early: BTreeMap::new(),
+        last_fetches: Vec::new(),
         epoch: Instant::now(),
         secret,
         notify,
@@ -148,6 +151,8 @@ struct Server {
     forward: BTreeMap<u32, Vec<(Request, Duration)>>,
     /// Worker requests for a range this server is about to head (they arrived before the new chains).
     early: BTreeMap<u32, Vec<Request>>,
+    /// Final fetches waiting for every worker to leave their range: (range, request, answer by then anyway).
+    last_fetches: Vec<(u32, u64, Instant)>,
     epoch: Instant,
     secret: Secret,
     notify: Notify,
@@ -156,9 +161,22 @@ struct Server {
 
 impl Server {
     fn run(mut self, rx: Receiver<Event>) {
-        while let Ok(event) = rx.recv() {
-            if !self.event(event) {
-                return;
+        loop {
+            let event = match self.last_fetches.iter().map(|f| f.2).min() {
+                Some(by) => match rx.recv_deadline(by) {
+                    Ok(e) => Some(e),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                },
+                None => match rx.recv() {
+                    Ok(e) => Some(e),
+                    Err(_) => return,
+                },
+            };
+            if let Some(event) = event {
+                if !self.event(event) {
+                    return;
+                }
             }
             while let Ok(event) = rx.try_recv() {
                 if !self.event(event) {
@@ -166,6 +184,24 @@ impl Server {
                 }
             }
             self.flush();
+            self.answer_last_fetches();
+        }
+    }
+
+    /// Answers the final fetches of ranges every worker has left (or whose wait is over).
+    fn answer_last_fetches(&mut self) {
+        let now = Instant::now();
+        let pending = std::mem::take(&mut self.last_fetches);
+        for (range, req, by) in pending {
+            let left = self.cores.get(&range).is_none_or(ServerCore::all_left);
+            if left || now >= by {
+                if !left {
+                    eprintln!("cohort parameter server {}: range {range}: answering the final fetch though workers have not left", self.me);
+                }
+                self.fetch(range, req);
+            } else {
+                self.last_fetches.push((range, req, by));
+            }
         }
     }
 
@@ -205,7 +241,10 @@ impl Server {
                     self.apply(range, request, now);
                 }
             }
-            Event::Control(Control::Fetch { range, req }) => self.fetch(range, req),
+            Event::Control(Control::Fetch { range, req, last: false }) => self.fetch(range, req),
+            Event::Control(Control::Fetch { range, req, last: true }) => {
+                self.last_fetches.push((range, req, Instant::now() + LAST_FETCH_WAIT));
+            }
             Event::Control(Control::End) => return false,
             Event::Ignored => {}
         }

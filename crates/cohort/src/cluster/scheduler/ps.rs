@@ -316,13 +316,13 @@ impl Scheduler {
             return;
         }
         op.fetch = Some((req, BTreeMap::new()));
-        let run = op.run;
+        let (run, last) = (op.run, op.finished);
         let sends: Vec<(WorkerId, Message)> = op
             .chains
             .iter()
             .enumerate()
             .filter_map(|(r, c)| {
-                c.first().map(|&s| (op.servers[s as usize], Message::PsFetch { run, range: r as u32, req }))
+                c.first().map(|&s| (op.servers[s as usize], Message::PsFetch { run, range: r as u32, req, last }))
             })
             .collect();
         for (w, msg) in sends {

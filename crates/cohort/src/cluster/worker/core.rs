@@ -238,9 +238,9 @@ impl<'r> WorkerCore<'r> {
                     out(Message::Failed { req: run, failure }, &[])?
                 }
             },
-            Message::PsFetch { run, range, req } => {
+            Message::PsFetch { run, range, req, last } => {
                 if let Some(s) = self.ps_servers.get(&run) {
-                    s.control(crate::cluster::ps::server::Control::Fetch { range, req });
+                    s.control(crate::cluster::ps::server::Control::Fetch { range, req, last });
                 }
             }
             Message::PsEnd { run } => {
