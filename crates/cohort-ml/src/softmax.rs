@@ -377,24 +377,28 @@ mod tests {
         (0..c.n_params()).map(|_| rng.normal()).collect()
     }
 
+    /// Relative error between the gradient at `theta` and central finite differences of the cost with step `eps`.
+    fn finite_difference_error(c: &SoftmaxConfig, data: &Dataset<f32>, theta: &[f64], eps: f64) -> f64 {
+        let cost = |t: &[f64]| c.cost_grad(t, &data.as_shard()).unwrap().0;
+        let (_, grad) = c.cost_grad(theta, &data.as_shard()).unwrap();
+        let numeric: Vec<f64> = (0..theta.len())
+            .map(|i| {
+                let mut t = theta.to_vec();
+                t[i] += eps;
+                let up = cost(&t);
+                t[i] -= 2.0 * eps;
+                (up - cost(&t)) / (2.0 * eps)
+            })
+            .collect();
+        rel_err(&numeric, &grad)
+    }
+
     #[test]
     fn gradient_matches_finite_differences() {
         let c = SoftmaxConfig::new(3, 4, 0.1);
         let data = data(15, 4, 3, 1);
         let theta = random_theta(&c, 2);
-        let (_, grad) = c.cost_grad(&theta, &data.as_shard()).unwrap();
-        let eps = 1e-5;
-        let numeric: Vec<f64> = (0..theta.len())
-            .map(|i| {
-                let mut t = theta.clone();
-                t[i] += eps;
-                let up = c.cost_grad(&t, &data.as_shard()).unwrap().0;
-                t[i] -= 2.0 * eps;
-                let down = c.cost_grad(&t, &data.as_shard()).unwrap().0;
-                (up - down) / (2.0 * eps)
-            })
-            .collect();
-        let err = rel_err(&numeric, &grad);
+        let err = finite_difference_error(&c, &data, &theta, 1e-5);
         assert!(err <= 1e-7, "relative error {err:e}");
     }
 
@@ -407,19 +411,7 @@ mod tests {
         let c = SoftmaxConfig::new(10, 64, 0.1);
         let data = data(40, 64, 10, 5);
         let theta = random_theta(&c, 6);
-        let (_, grad) = c.cost_grad(&theta, &data.as_shard()).unwrap();
-        let eps = 1e-3;
-        let numeric: Vec<f64> = (0..theta.len())
-            .map(|i| {
-                let mut t = theta.clone();
-                t[i] += eps;
-                let up = c.cost_grad(&t, &data.as_shard()).unwrap().0;
-                t[i] -= 2.0 * eps;
-                let down = c.cost_grad(&t, &data.as_shard()).unwrap().0;
-                (up - down) / (2.0 * eps)
-            })
-            .collect();
-        let err = rel_err(&numeric, &grad);
+        let err = finite_difference_error(&c, &data, &theta, 1e-3);
         assert!(err <= 3e-5, "relative error {err:e}");
     }
 
