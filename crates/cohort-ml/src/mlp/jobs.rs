@@ -162,7 +162,7 @@ impl Payload for WorkerPartial {
     }
 }
 
-/// A replica's rows in shuffled order and a cursor into them, plus the batch buffers.
+/// A replica's rows in shuffled order and a cursor into them, plus the batch's labels and workspace.
 ///
 /// Local epoch `e` visits the rows in the order of the identity permutation shuffled by a generator derived from
 /// `(seed, replica, e)`, so the order is rebuilt from three numbers after a move and never needs to be sent.
@@ -173,7 +173,6 @@ pub struct Sampler {
     epoch: u64,
     order: Vec<u32>,
     cursor: usize,
-    x: Vec<f32>,
     y: Vec<u32>,
     ws: Workspace,
 }
@@ -186,7 +185,6 @@ impl Sampler {
             epoch: 0,
             order: Vec::new(),
             cursor: 0,
-            x: Vec::new(),
             y: Vec::new(),
             ws: Workspace::default(),
         }
@@ -232,15 +230,15 @@ impl Sampler {
         self.cursor >= self.order.len()
     }
 
-    /// Gathers the next batch of up to `batch` rows into `x`/`y` (reshuffling at the start of a local epoch);
-    /// returns the number of rows.
-    fn next_batch(
+    /// Picks the next batch of up to `batch` rows (reshuffling at the start of a local epoch): their labels into
+    /// `y` and the rows themselves, read in place from the shards, into `rows`; returns the number of rows.
+    fn next_batch<'a>(
         &mut self,
         batch: usize,
-        d: usize,
-        shards: &[Shard<'_, f32>],
+        shards: &[Shard<'a, f32>],
         classes: &[u32],
         starts: &[usize],
+        rows: &mut Vec<&'a [f32]>,
     ) -> usize {
         if self.at_end() {
             self.epoch += 1;
@@ -248,13 +246,13 @@ impl Sampler {
             self.cursor = 0;
         }
         let nb = batch.min(self.order.len() - self.cursor);
-        self.x.resize(nb * d, 0.0);
         self.y.clear();
-        for (i, &row) in self.order[self.cursor..self.cursor + nb].iter().enumerate() {
+        rows.clear();
+        for &row in &self.order[self.cursor..self.cursor + nb] {
             let row = row as usize;
             let s = starts.partition_point(|&start| start <= row) - 1;
-            let local = row - starts[s];
-            self.x[i * d..(i + 1) * d].copy_from_slice(&shards[s].values[local * d..(local + 1) * d]);
+            let (local, d) = (row - starts[s], shards[s].cols);
+            rows.push(&shards[s].values[local * d..(local + 1) * d]);
             self.y.push(classes[row]);
         }
         self.cursor += nb;
@@ -291,8 +289,8 @@ impl PsgdJob {
         local.theta.clear();
         local.theta.extend_from_slice(&state.theta);
         local.grad.resize(mlp.n_params(), 0.0);
-        let d = mlp.inputs();
         let batch = spec.batch.max(1);
+        let mut rows = Vec::with_capacity(batch);
         // One local epoch: finish the current one, or run a whole fresh one if the last pass ended it.
         let mut steps = if spec.steps == 0 { usize::MAX } else { spec.steps };
         let whole_epoch = spec.steps == 0;
@@ -303,10 +301,10 @@ impl PsgdJob {
             }
             started = true;
             let s = &mut local.sampler;
-            let nb = s.next_batch(batch, d, shards, &classes, &starts);
-            let (loss, correct) = mlp.batch_grad_with(
+            let nb = s.next_batch(batch, shards, &classes, &starts, &mut rows);
+            let (loss, correct) = mlp.batch_grad_rows(
                 &local.theta,
-                &s.x,
+                &rows,
                 &s.y,
                 &mut s.ws,
                 &mut local.grad,
@@ -465,8 +463,10 @@ impl BspJob {
         if !classes.is_empty() {
             let share = state.spec.batch.max(1).div_ceil(local.workers.max(1));
             let s = &mut local.sampler;
-            let nb = s.next_batch(share, mlp.inputs(), shards, &classes, &starts);
-            let (loss, correct) = mlp.batch_grad(&state.theta, &s.x, &s.y, &mut s.ws, &mut local.grad, 1.0)?;
+            let mut rows = Vec::with_capacity(share);
+            let nb = s.next_batch(share, shards, &classes, &starts, &mut rows);
+            let (loss, correct) =
+                mlp.batch_grad_rows(&state.theta, &rows, &s.y, &mut s.ws, &mut local.grad, 1.0, Accum::Add)?;
             stats = PassStats { loss_sum: loss, correct: correct as u64, seen: nb as u64 };
         }
         Ok(WorkerPartial { values: local.grad.clone(), stats, error: None })

@@ -1,5 +1,6 @@
 //! A multilayer perceptron for classification: any number of fully connected ReLU hidden layers, a softmax
-//! output and the cross-entropy loss, in `f32` with mini-batch GEMMs.
+//! output and the cross-entropy loss, in `f32`, a mini-batch at a time through register-tiled products that read
+//! the batch's rows where they lie (`dense`: no copy of the batch, no packing).
 //!
 //! The shape is a list of layer widths, e.g. `[784, 32, 10]`: 784 inputs, one hidden layer of 32 units, 10
 //! classes. The parameters are one flat `f32` vector, layer by layer `[W₁ (n₁×n₀, row-major), b₁ (n₁), W₂, b₂, …]`,
@@ -13,6 +14,7 @@
 //! and synchronous data-parallel SGD as multipass jobs) and [`full_batch`] (loss and gradient as one map-reduce
 //! round, for L-BFGS, deterministic across worker counts).
 
+mod dense;
 pub mod full_batch;
 pub mod jobs;
 pub mod optimizer;
@@ -21,7 +23,9 @@ use cohort::rng::Rng;
 use cohort::Shard;
 
 use crate::error::{MlError, Result};
-use crate::kernels::{matmul_f32, multiversion, view, view_mut, Accum};
+use crate::kernels::{multiversion, Accum};
+use crate::tiles::Isa;
+use dense::{Packed, Rows, Strided};
 
 /// Rows per block when evaluating (forward only) or computing full-batch gradients.
 pub const EVAL_BLOCK: usize = 256;
@@ -199,38 +203,73 @@ impl Mlp {
         scale: f32,
         accum: Accum,
     ) -> Result<(f64, usize)> {
+        let d = self.inputs();
+        if x.len() != y.len() * d {
+            return Err(MlError::Shape(format!("MLP batch: {} values for {} rows of {d}", x.len(), y.len())));
+        }
+        self.grad_of(theta, &Packed::new(x, d), y, ws, grad, scale, accum)
+    }
+
+    /// As [`batch_grad_with`](Self::batch_grad_with) for a batch whose rows lie wherever they are — a shuffled
+    /// mini-batch read in place from the resident shards, never copied: `rows[i]` (at least
+    /// [`inputs`](Self::inputs) values; only those are read) has label `y[i]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_grad_rows(
+        &self,
+        theta: &[f32],
+        rows: &[&[f32]],
+        y: &[u32],
+        ws: &mut Workspace,
+        grad: &mut [f32],
+        scale: f32,
+        accum: Accum,
+    ) -> Result<(f64, usize)> {
+        if rows.len() != y.len() {
+            return Err(MlError::Shape(format!("MLP batch: {} rows for {} labels", rows.len(), y.len())));
+        }
+        self.grad_of(theta, rows, y, ws, grad, scale, accum)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grad_of<X: Rows + ?Sized>(
+        &self,
+        theta: &[f32],
+        x: &X,
+        y: &[u32],
+        ws: &mut Workspace,
+        grad: &mut [f32],
+        scale: f32,
+        accum: Accum,
+    ) -> Result<(f64, usize)> {
         let nb = y.len();
         let depth = self.layers.len() - 1;
+        let isa = Isa::detect();
         ws.ensure(self, nb);
-        self.forward(theta, x, nb, ws)?;
+        self.forward(theta, x, nb, ws, isa)?;
         let (loss, correct) = softmax_delta(&mut ws.acts[depth - 1][..nb * self.classes()], y, self.classes());
         for l in (0..depth).rev() {
             let (n_in, n_out) = (self.layers[l], self.layers[l + 1]);
             let (lower, upper) = ws.acts.split_at_mut(l);
             let delta = &upper[0][..nb * n_out];
-            let input: &[f32] = if l == 0 { x } else { &lower[l - 1][..nb * n_in] };
             let (gw, gb) = self.layer_mut(grad, l);
-            matmul_f32(
-                view_mut(gw, n_out, n_in)?,
-                accum,
-                view(delta, nb, n_out)?.transpose(),
-                view(input, nb, n_in)?,
-                scale,
-            )?;
+            // ∇W = scale · δᵀ · input: A(s = row, i = unit) = δ[row, unit].
+            let by_row = Strided { values: delta, s_step: n_out, i_step: 1 };
+            if l == 0 {
+                dense::atb(gw, n_out, by_row, x, n_in, scale, accum, isa)?;
+            } else {
+                let input = Packed::new(&lower[l - 1][..nb * n_in], n_in);
+                dense::atb(gw, n_out, by_row, &input, n_in, scale, accum, isa)?;
+            }
             if accum == Accum::Replace {
                 gb.fill(0.0);
             }
             column_sums(delta, gb, scale);
             if l > 0 {
+                // δ · W: A(s = unit, i = row) = δ[row, unit], B = the rows of W.
                 let (w, _) = self.layer(theta, l);
                 let back = &mut ws.back[..nb * n_in];
-                matmul_f32(
-                    view_mut(back, nb, n_in)?,
-                    Accum::Replace,
-                    view(delta, nb, n_out)?,
-                    view(w, n_out, n_in)?,
-                    1.0,
-                )?;
+                let by_unit = Strided { values: delta, s_step: 1, i_step: n_out };
+                dense::atb(back, nb, by_unit, &Packed::new(w, n_in), n_in, 1.0, Accum::Replace, isa)?;
                 relu_mask(&mut lower[l - 1][..nb * n_in], back);
             }
         }
@@ -238,21 +277,18 @@ impl Mlp {
     }
 
     /// Forward pass of `nb` rows: fills `ws.acts` (hidden layers after ReLU, the last with the logits).
-    fn forward(&self, theta: &[f32], x: &[f32], nb: usize, ws: &mut Workspace) -> Result<()> {
+    fn forward<X: Rows + ?Sized>(&self, theta: &[f32], x: &X, nb: usize, ws: &mut Workspace, isa: Isa) -> Result<()> {
         let depth = self.layers.len() - 1;
         for l in 0..depth {
             let (n_in, n_out) = (self.layers[l], self.layers[l + 1]);
             let (w, b) = self.layer(theta, l);
             let (lower, upper) = ws.acts.split_at_mut(l);
-            let input: &[f32] = if l == 0 { x } else { &lower[l - 1][..nb * n_in] };
             let out = &mut upper[0][..nb * n_out];
-            matmul_f32(
-                view_mut(out, nb, n_out)?,
-                Accum::Replace,
-                view(input, nb, n_in)?,
-                view(w, n_out, n_in)?.transpose(),
-                1.0,
-            )?;
+            if l == 0 {
+                dense::xwt(out, x, w, n_in, n_out, isa)?;
+            } else {
+                dense::xwt(out, &Packed::new(&lower[l - 1][..nb * n_in], n_in), w, n_in, n_out, isa)?;
+            }
             bias_activation(out, b, l + 1 < depth);
         }
         Ok(())
@@ -269,11 +305,13 @@ impl Mlp {
         let mut ws = Workspace::default();
         let depth = self.layers.len() - 1;
         let (d, k) = (self.inputs(), self.classes());
+        let isa = Isa::detect();
         let (mut loss, mut correct) = (0.0, 0);
         for start in (0..rows).step_by(EVAL_BLOCK) {
             let nb = EVAL_BLOCK.min(rows - start);
             ws.ensure(self, nb);
-            self.forward(theta, &shard.values[start * d..(start + nb) * d], nb, &mut ws)?;
+            let block = Packed::new(&shard.values[start * d..(start + nb) * d], d);
+            self.forward(theta, &block, nb, &mut ws, isa)?;
             let (l, c) = softmax_delta(&mut ws.acts[depth - 1][..nb * k], &classes[start..start + nb], k);
             loss += l;
             correct += c;
