@@ -239,10 +239,32 @@ mod x86 {
 
     use crate::kernels::Accum;
 
-    /// Rows × units of an [`xwt`](super::xwt) tile.
+    /// Calls `$f::<R, C, …>(…)` for the tile shape `(R, C) = ($rows, $cols)`, `R ≤ 6`, `C ≤ 2` (the shapes of both
+    /// products' tiles).
+    macro_rules! by_shape {
+        ($rows:expr, $cols:expr, $f:ident::<_, _ $(, $extra:ty)*>($($arg:expr),* $(,)?)) => {
+            match ($rows, $cols) {
+                (1, 1) => $f::<1, 1 $(, $extra)*>($($arg),*),
+                (1, 2) => $f::<1, 2 $(, $extra)*>($($arg),*),
+                (2, 1) => $f::<2, 1 $(, $extra)*>($($arg),*),
+                (2, 2) => $f::<2, 2 $(, $extra)*>($($arg),*),
+                (3, 1) => $f::<3, 1 $(, $extra)*>($($arg),*),
+                (3, 2) => $f::<3, 2 $(, $extra)*>($($arg),*),
+                (4, 1) => $f::<4, 1 $(, $extra)*>($($arg),*),
+                (4, 2) => $f::<4, 2 $(, $extra)*>($($arg),*),
+                (5, 1) => $f::<5, 1 $(, $extra)*>($($arg),*),
+                (5, 2) => $f::<5, 2 $(, $extra)*>($($arg),*),
+                (6, 1) => $f::<6, 1 $(, $extra)*>($($arg),*),
+                (6, 2) => $f::<6, 2 $(, $extra)*>($($arg),*),
+                (r, c) => unreachable!("tile {r}×{c} beyond 6×2"),
+            }
+        };
+    }
+
+    /// Rows × units of an [`xwt`](super::xwt) tile (at most what `by_shape` dispatches).
     const XR: usize = 6;
     const XC: usize = 2;
-    /// Rows of `C` × vectors of an [`atb`](super::atb) tile.
+    /// Rows of `C` × vectors of an [`atb`](super::atb) tile (at most what `by_shape` dispatches).
     const AI: usize = 6;
     const AV: usize = 2;
 
@@ -271,28 +293,7 @@ mod x86 {
                 let cw = (n_out - o0).min(XC);
                 // The first column tile reads the rows from memory; meanwhile it asks for the next tile's rows.
                 let ahead = if o0 == 0 { Some(&next) } else { None };
-                macro_rules! dispatch {
-                    ($(($r:literal, $c:literal)),*) => {
-                        match (rh, cw) {
-                            $(($r, $c) => xwt_tile::<$r, $c>(z, &xs, ahead, w, n_in, n_out, r0, o0),)*
-                            _ => unreachable!("tile {rh}×{cw} beyond {XR}×{XC}"),
-                        }
-                    };
-                }
-                dispatch!(
-                    (1, 1),
-                    (1, 2),
-                    (2, 1),
-                    (2, 2),
-                    (3, 1),
-                    (3, 2),
-                    (4, 1),
-                    (4, 2),
-                    (5, 1),
-                    (5, 2),
-                    (6, 1),
-                    (6, 2)
-                );
+                by_shape!(rh, cw, xwt_tile::<_, _>(z, &xs, ahead, w, n_in, n_out, r0, o0));
                 o0 += cw;
             }
             r0 += rh;
@@ -417,28 +418,7 @@ mod x86 {
             let mut i0 = 0;
             while i0 < n_i {
                 let ih = (n_i - i0).min(AI);
-                macro_rules! dispatch {
-                    ($(($i:literal, $v:literal)),*) => {
-                        match (ih, vw) {
-                            $(($i, $v) => atb_tile::<$i, $v, B>(c, a, b, width, alpha, accum, i0, v0),)*
-                            _ => unreachable!("tile {ih}×{vw} beyond {AI}×{AV}"),
-                        }
-                    };
-                }
-                dispatch!(
-                    (1, 1),
-                    (1, 2),
-                    (2, 1),
-                    (2, 2),
-                    (3, 1),
-                    (3, 2),
-                    (4, 1),
-                    (4, 2),
-                    (5, 1),
-                    (5, 2),
-                    (6, 1),
-                    (6, 2)
-                );
+                by_shape!(ih, vw, atb_tile::<_, _, B>(c, a, b, width, alpha, accum, i0, v0));
                 i0 += ih;
             }
             v0 += vw;
