@@ -472,14 +472,6 @@ pub struct QjamArgs {
     /// Also draw mean iteration time against workers (one line per patch count, qjam's beside) as SVG here.
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
-    /// Seconds to wait for an ssh host or a TCP data channel to answer (default 10), or for the ranks of a
-    /// launcher's job to reach each other and the tasks of `--workers slurm` to connect (default 60).
-    #[arg(long, value_name = "SECS")]
-    pub connect_timeout: Option<f64>,
-    /// The job secret shared by the ranks of a launcher's job (64 hex digits in a file only its owner can read,
-    /// on a shared file system); instead of the COHORT_SECRET variable.
-    #[arg(long, value_name = "PATH")]
-    pub secret_file: Option<PathBuf>,
     /// Seconds a worker may stay silent (no frame, not even a heartbeat) before it is declared lost. Workers
     /// heartbeat from their own thread, so a long computation is never mistaken for a stall.
     #[arg(long, default_value_t = defaults::HEARTBEAT_TIMEOUT)]
