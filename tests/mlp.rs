@@ -4,7 +4,6 @@
 
 mod common;
 
-use cohort::rng::Rng;
 use cohort::Dataset;
 use cohort_ml::mlp::full_batch::{FullBatch, MlpCostGrad};
 use cohort_ml::mlp::jobs::{BspJob, BspState, PsgdJob, PsgdState, TrainSpec};
@@ -12,26 +11,13 @@ use cohort_ml::mlp::optimizer::OptimizerSpec;
 use cohort_ml::mlp::Mlp;
 use common::*;
 
-/// Three noisy classes in 12 dimensions.
-fn blobs(rows: usize) -> Dataset<f32> {
-    let mut rng = Rng::new(11);
-    let mut x = Vec::new();
-    let mut y = Vec::new();
-    for _ in 0..rows {
-        let c = rng.below(3) as usize;
-        x.extend((0..12).map(|j| (if j % 3 == c { 1.5 } else { 0.0 } + rng.normal()) as f32));
-        y.push(c as f32);
-    }
-    Dataset::new(x, 12).unwrap().with_labels(y).unwrap().with_chunks(8).unwrap()
-}
-
 fn spec(steps: usize) -> TrainSpec {
     TrainSpec { layers: vec![12, 8, 3], optimizer: OptimizerSpec::adam(0.01), batch: 16, steps, block_momentum: 0.0 }
 }
 
 #[test]
 fn model_averaging_is_reproducible_and_learns() {
-    let data = blobs(480);
+    let data = blobs(480, 8);
     let mlp = Mlp::new(&[12, 8, 3]).unwrap();
     let theta0 = mlp.init(1);
     let before = mlp.evaluate(&theta0, &data.as_shard()).unwrap();
@@ -61,7 +47,7 @@ fn model_averaging_is_reproducible_and_learns() {
 fn model_averaging_resumed_on_a_new_cluster_continues_bit_identically() {
     // Passes of 7 steps over 240 rows per replica: local epochs end mid-pass, so the saved cursor, epoch and Adam
     // moments all matter.
-    let data = blobs(480);
+    let data = blobs(480, 8);
     let theta0 = Mlp::new(&[12, 8, 3]).unwrap().init(5);
     let run = |c: &mut cohort::Cluster, session: &cohort::Session, mut state: PsgdState, passes: usize| {
         let h = c.load(&data).unwrap();
@@ -90,7 +76,7 @@ fn model_averaging_resumed_on_a_new_cluster_continues_bit_identically() {
 
 #[test]
 fn synchronous_sgd_returns_the_mean_gradient_of_a_step() {
-    let data = blobs(96);
+    let data = blobs(96, 8);
     let mlp = Mlp::new(&[12, 8, 3]).unwrap();
     let theta = mlp.init(2);
     let mut c = cluster(2);
@@ -106,7 +92,7 @@ fn synchronous_sgd_returns_the_mean_gradient_of_a_step() {
 
 #[test]
 fn full_batch_gradient_is_bit_identical_for_any_worker_count() {
-    let data = blobs(300);
+    let data = blobs(300, 8);
     let objective = FullBatch { mlp: Mlp::new(&[12, 8, 3]).unwrap(), lambda: 1e-3 };
     let theta: Vec<f64> = objective.mlp.init(4).iter().map(|&v| f64::from(v)).collect();
     let params = objective.params(&theta).unwrap();

@@ -9,7 +9,6 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use cohort::rng::Rng;
 use cohort::Dataset;
 use cohort_ml::mlp::jobs::{PsgdJob, PsgdState, TrainSpec};
 use cohort_ml::mlp::optimizer::OptimizerSpec;
@@ -96,22 +95,9 @@ fn model_averaging_with_fixed_replicas_is_identical_for_any_process_count_and_af
     }
 }
 
-/// Three noisy classes in 12 dimensions.
-fn blobs(rows: usize) -> Dataset<f32> {
-    let mut rng = Rng::new(11);
-    let mut x = Vec::new();
-    let mut y = Vec::new();
-    for _ in 0..rows {
-        let c = rng.below(3) as usize;
-        x.extend((0..12).map(|j| (if j % 3 == c { 1.5 } else { 0.0 } + rng.normal()) as f32));
-        y.push(c as f32);
-    }
-    Dataset::new(x, 12).unwrap().with_labels(y).unwrap().with_chunks(12).unwrap()
-}
-
 #[test]
 fn a_replica_whose_worker_is_killed_between_passes_continues_from_its_saved_state() {
-    let data = blobs(600);
+    let data = blobs(600, 12);
     let spec = TrainSpec {
         layers: vec![12, 8, 3],
         optimizer: OptimizerSpec::adam(0.01),

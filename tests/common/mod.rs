@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use cohort::{Cluster, WorkerSpec};
+use cohort::rng::Rng;
+use cohort::{Cluster, Dataset, WorkerSpec};
 
 /// The `cohort` executable built for these tests.
 pub fn cohort_bin() -> PathBuf {
@@ -86,3 +87,17 @@ pub fn pid_of(label: &str) -> u32 {
 pub mod launch;
 pub mod slurm;
 pub mod sshd;
+
+/// Three noisy classes in 12 dimensions (labels 0, 1, 2), cut into `chunks` chunks: a small classification task the
+/// MLP learns in a few passes.
+pub fn blobs(rows: usize, chunks: usize) -> Dataset<f32> {
+    let mut rng = Rng::new(11);
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for _ in 0..rows {
+        let c = rng.below(3) as usize;
+        x.extend((0..12).map(|j| (if j % 3 == c { 1.5 } else { 0.0 } + rng.normal()) as f32));
+        y.push(c as f32);
+    }
+    Dataset::new(x, 12).unwrap().with_labels(y).unwrap().with_chunks(chunks).unwrap()
+}
