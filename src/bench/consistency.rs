@@ -364,7 +364,7 @@ fn kill(args: &ConsistencyArgs, spec: &WorkloadSpec, base: &psrun::Settings) -> 
     let settings = psrun::Settings { consistency: "ssp:1".into(), replication: 2, eval_every: None, ..base.clone() };
     let options = settings.options(work.as_ref(), clocks)?;
     let victim = cluster.server_labels()[1].clone();
-    let pid = pid_in(&victim).with_context(|| format!("no pid in {victim:?}"))?;
+    let pid = super::pid_in(&victim).with_context(|| format!("no pid in {victim:?}"))?;
     let mut killed = None;
     let run = psrun::run(&mut cluster, work.as_ref(), &options, |r| {
         if killed.is_none() && r.clock * 3 >= clocks {
@@ -386,12 +386,6 @@ fn kill(args: &ConsistencyArgs, spec: &WorkloadSpec, base: &psrun::Settings) -> 
         run.last.accuracy.map_or(format!("loss {:.4}", run.last.loss), |a| format!("accuracy {a:.4}")),
     );
     Ok(())
-}
-
-/// The pid in a label such as `server 5 (local pid 1234)`.
-fn pid_in(label: &str) -> Option<u32> {
-    let at = label.find("pid ")? + 4;
-    label[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
 }
 
 /// The table as CSV.

@@ -202,7 +202,7 @@ fn fault_run(
     rng: &mut Rng,
 ) -> Result<FaultRun> {
     let mut c = cluster(args, launch)?;
-    let pids: Vec<u32> = c.worker_labels().iter().filter_map(|l| pid_in(l)).collect();
+    let pids: Vec<u32> = c.worker_labels().iter().filter_map(|l| super::pid_in(l)).collect();
     let victim = pids[rng.below(pids.len() as u64) as usize];
     let delay = clean.mul_f64(0.9 * rng.uniform());
     let epoch = c.epoch();
@@ -248,11 +248,6 @@ fn fault_run(
         wall,
         error,
     })
-}
-
-/// The pid in a worker label such as `worker 0 (local pid 4242)`.
-fn pid_in(label: &str) -> Option<u32> {
-    label.rsplit("pid ").next()?.trim_end_matches(')').parse().ok()
 }
 
 fn stats(xs: &[Duration]) -> String {

@@ -197,3 +197,10 @@ pub fn fmt_dur(d: Duration) -> String {
         format!("{s:.2} s")
     }
 }
+
+/// The pid in a process label such as `worker 0 (local pid 4242)` or `server 5 (local pid 1234)`, for the
+/// benchmarks that kill or stop a process.
+pub(crate) fn pid_in(label: &str) -> Option<u32> {
+    let at = label.find("pid ")? + 4;
+    label[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+}
