@@ -204,3 +204,14 @@ pub(crate) fn pid_in(label: &str) -> Option<u32> {
     let at = label.find("pid ")? + 4;
     label[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pid_in_reads_worker_and_server_labels() {
+        assert_eq!(super::pid_in("worker 0 (local pid 4242)"), Some(4242));
+        assert_eq!(super::pid_in("server 5 (local pid 1234) at 127.0.0.1:5000"), Some(1234));
+        assert_eq!(super::pid_in("worker 3 (ssh://host)"), None);
+        assert_eq!(super::pid_in("worker 1 (local pid )"), None);
+    }
+}
