@@ -191,6 +191,22 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R 
     })
 }
 
+/// [`with_scratch`] for `f32` values: a second buffer per thread, so both can be held at once.
+pub(crate) fn with_scratch32<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
 const LOG2_E: f64 = std::f64::consts::LOG2_E;
 /// `ln 2` split so that `n · LN2_HI` is exact for `|n| < 2^11` (the high part has 32 significant bits).
 const LN2_HI: f64 = 6.931_471_803_691_238e-1;
