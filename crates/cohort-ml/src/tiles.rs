@@ -14,9 +14,10 @@
 //! of `B` and issues `R·V` fused multiply-adds. The caller picks the tile shape per product (`R·V` around 10 to
 //! 12 accumulators hides the FMA latency and leaves registers for the operands); edges get smaller tiles.
 //!
-//! The layers ([`hidden_layer`], [`output_layer`], [`hidden_delta`]) read the products' `f32` results, widen them
-//! to `f64` (exactly), compute the sigmoids and deltas in `f64`, add the per-patch sums in `f64`, and round the
-//! values the next products need back to `f32` once.
+//! The layers ([`hidden_layer`], [`output_layer`], [`hidden_delta`]) work on the products' `f32` results: the
+//! sigmoids in `f32` ([`crate::kernels::sigmoid32`], a few ulp), `d`, `δ3` and `e` in `f32` (`e` as an exact `f64`
+//! product rounded once), and every per-patch sum (`Σa2`, `Σd`, `Σe`, `Σδ3`, `Σ r²`) in `f64`, on the values
+//! widened exactly.
 //!
 //! On x86-64 with AVX2 and FMA the tiles and sigmoids are written with intrinsics; elsewhere (or when asked, for the
 //! tests) portable loops compute the same values.
@@ -26,9 +27,10 @@
 //! everywhere (in hardware, or in software where the CPU lacks FMA), so both paths give the same bits, and a value
 //! does not depend on the tiling, nor on the other rows or columns computed with it. Widening `f32` to `f64` is
 //! exact and narrowing rounds to nearest on both paths; the sigmoid is the same sequence of operations on both.
+//! [`widen_add`] adds a block's `f32` result to `f64` sums, one addition per value.
 
 use crate::error::{MlError, Result};
-use crate::kernels::{multiversion, sigmoid};
+use crate::kernels::{multiversion, sigmoid32};
 
 /// Values per `f32` vector register (AVX2): the layers' rows come in whole groups of this many values.
 pub(crate) const LANES: usize = 8;
@@ -300,9 +302,8 @@ fn check_rows(what: &str, len: usize, width: usize, stride: usize) -> Result<()>
     Ok(())
 }
 
-/// Hidden layer of a block of the sparse autoencoder: with `y = σ(a2)` in `f64` (the bias is already in, `a2`
-/// widened), `a2 ← y` and `d = y(1−y)`, both rounded to `f32`, and `y` added per unit to `a_sum` (in `f64`), row
-/// after row. Rows of `a2` and `d` start `stride` values apart; the first `a_sum.len()` values of each (a multiple
+/// Hidden layer of a block of the sparse autoencoder: `a2 ← y = σ(a2)` (the bias is already in) and
+/// `d = y(1−y)` in `f32`, and `y` widened and added per unit to `a_sum` (in `f64`), row after row. Rows of `a2` and `d` start `stride` values apart; the first `a_sum.len()` values of each (a multiple
 /// of [`LANES`]) are used.
 pub(crate) fn hidden_layer(a2: &mut [f32], d: &mut [f32], a_sum: &mut [f64], stride: usize, isa: Isa) -> Result<()> {
     check_rows("hidden layer", a2.len(), a_sum.len(), stride)?;
@@ -318,18 +319,17 @@ pub(crate) fn hidden_layer(a2: &mut [f32], d: &mut [f32], a_sum: &mut [f64], str
     Ok(())
 }
 
-/// Output layer of a block: with `a3 = σ(z3)` in `f64` (the bias is already in, `z3` widened) and `r = a3 − x`,
-/// `δ3 = r ⊙ a3(1−a3)` rounded to `f32` in place of `z3`, with `r²` added per column to `rec` and `δ3` to
-/// `delta3_sum` (both `f64`), row after row. Rows of `z3` start `stride` values apart, rows of `x` (the patches in
-/// `f64`) `x_stride` apart; the first `rec.len()` values of each (a multiple of [`LANES`]) are used. Prefetches the
+/// Output layer of a block: with `a3 = σ(z3)` (the bias is already in) and `r = a3 − x` in `f32`,
+/// `δ3 = r ⊙ a3(1−a3)` in place of `z3`, with `r²` (in `f64`, exact) added per column to `rec` and `δ3` widened to
+/// `delta3_sum` (both `f64`), row after row. Rows of `z3` and `x` start `stride` values apart; the first
+/// `rec.len()` values of each (a multiple of [`LANES`]) are used. Prefetches the
 /// rows of `next` (the next block's patches, `v` values each), one per row computed, so that their memory latency
 /// hides behind the sigmoids.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn output_layer(
     z3: &mut [f32],
+    x: &[f32],
     stride: usize,
-    x: &[f64],
-    x_stride: usize,
     next: &[f64],
     v: usize,
     rec: &mut [f64],
@@ -337,15 +337,14 @@ pub(crate) fn output_layer(
     isa: Isa,
 ) -> Result<()> {
     check_rows("output layer", z3.len(), rec.len(), stride)?;
-    check_rows("output layer patches", x.len(), rec.len(), x_stride)?;
-    if x.len() / x_stride != z3.len() / stride || delta3_sum.len() != rec.len() || v == 0 {
+    if x.len() != z3.len() || delta3_sum.len() != rec.len() || v == 0 {
         return Err(MlError::Shape(format!("output layer: {} patch values for {} outputs", x.len(), z3.len())));
     }
     match isa {
         // SAFETY: `Isa::Avx2Fma` means the CPU has AVX2 and FMA; the lengths are checked above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { x86::output_layer(z3, stride, x, x_stride, next, v, rec, delta3_sum) },
-        _ => output_layer_portable(z3, stride, x, x_stride, next.chunks(v), rec, delta3_sum),
+        Isa::Avx2Fma => unsafe { x86::output_layer(z3, x, stride, next, v, rec, delta3_sum) },
+        _ => output_layer_portable(z3, x, stride, next.chunks(v), rec, delta3_sum),
     }
     Ok(())
 }
@@ -393,10 +392,10 @@ multiversion! {
         let width = a_sum.len();
         for (row, d_row) in a2.chunks_exact_mut(stride).zip(d.chunks_exact_mut(stride)) {
             for ((a, dv), s) in row[..width].iter_mut().zip(&mut d_row[..width]).zip(a_sum.iter_mut()) {
-                let y = sigmoid(f64::from(*a));
-                *a = y as f32;
-                *dv = (y * (1.0 - y)) as f32;
-                *s += y;
+                let y = sigmoid32(*a);
+                *a = y;
+                *dv = y * (1.0 - y);
+                *s += f64::from(y);
             }
         }
     }
@@ -406,28 +405,28 @@ multiversion! {
     /// The portable [`output_layer`].
     fn output_layer_portable(
         z3: &mut [f32],
+        x: &[f32],
         stride: usize,
-        x: &[f64],
-        x_stride: usize,
         next: std::slice::Chunks<'_, f64>,
         rec: &mut [f64],
         delta3_sum: &mut [f64],
     ) {
         let width = rec.len();
         let mut ahead = next;
-        for (row, x_row) in z3.chunks_exact_mut(stride).zip(x.chunks_exact(x_stride)) {
+        for (row, x_row) in z3.chunks_exact_mut(stride).zip(x.chunks_exact(stride)) {
             if let Some(p) = ahead.next() {
                 crate::kernels::prefetch(p);
             }
             for (((z, &xv), r2), g) in
                 row[..width].iter_mut().zip(&x_row[..width]).zip(rec.iter_mut()).zip(delta3_sum.iter_mut())
             {
-                let y = sigmoid(f64::from(*z));
+                let y = sigmoid32(*z);
                 let r = y - xv;
-                *r2 += r * r;
+                let wide = f64::from(r);
+                *r2 += wide * wide;
                 let delta = r * (y * (1.0 - y));
-                *z = delta as f32;
-                *g += delta;
+                *z = delta;
+                *g += f64::from(delta);
             }
         }
     }
@@ -457,45 +456,40 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Elem, Operands, Start, LANES};
-    use crate::kernels::sigmoid_avx2;
+    use crate::kernels::sigmoid32_avx2;
 
     /// `f64` values per vector.
     const LANES64: usize = 4;
 
-    /// Sigmoids of this many `f32` vectors (twice as many `f64` vectors) are computed together (see
-    /// [`crate::kernels::sigmoid_avx2`]).
-    const GROUP: usize = 2;
+    /// Sigmoids of this many vectors are computed together (see [`crate::kernels::sigmoid32_avx2`]).
+    const GROUP: usize = 4;
 
-    /// The eight values at `v` widened: low four, high four.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn widen(v: &[f32; LANES]) -> [__m256d; 2] {
+    fn load(v: &[f32; LANES]) -> __m256 {
         // SAFETY: eight readable values.
-        let x = unsafe { _mm256_loadu_ps(v.as_ptr()) };
-        [_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x))]
+        unsafe { _mm256_loadu_ps(v.as_ptr()) }
     }
 
-    /// Rounds `lo` and `hi` to `f32` (to nearest, the default rounding mode) and stores them at `v`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn narrow(v: &mut [f32; LANES], lo: __m256d, hi: __m256d) {
-        let x = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+    fn store(v: &mut [f32; LANES], x: __m256) {
         // SAFETY: eight writable values.
         unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) }
     }
 
+    /// Adds the eight values of `x`, widened, to the `f64` values at `sum`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn load(v: &[f64; LANES64]) -> __m256d {
-        // SAFETY: four readable values.
-        unsafe { _mm256_loadu_pd(v.as_ptr()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn store(v: &mut [f64; LANES64], x: __m256d) {
-        // SAFETY: four writable values.
-        unsafe { _mm256_storeu_pd(v.as_mut_ptr(), x) }
+    fn widen_add(sum: &mut [f64; LANES], x: __m256) {
+        let halves = [_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x)];
+        let (sum, _) = sum.as_chunks_mut::<LANES64>();
+        for (s, half) in sum.iter_mut().zip(halves) {
+            // SAFETY: four readable and writable values.
+            unsafe {
+                _mm256_storeu_pd(s.as_mut_ptr(), _mm256_add_pd(_mm256_loadu_pd(s.as_ptr()), _mm256_cvtps_pd(half)))
+            }
+        }
     }
 
     /// The first `N` values of `s` (which must hold them).
@@ -513,31 +507,16 @@ mod x86 {
     /// Vectors `at[0..G]` (offsets into `a2` and `d`; columns `col[0..G]` of `a_sum`) of the hidden layer.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn hidden_group<const G: usize, const G2: usize>(
-        a2: &mut [f32],
-        d: &mut [f32],
-        a_sum: &mut [f64],
-        at: [usize; G],
-        col: [usize; G],
-    ) {
-        let mut z = [_mm256_setzero_pd(); G2];
+    fn hidden_group<const G: usize>(a2: &mut [f32], d: &mut [f32], a_sum: &mut [f64], at: [usize; G], col: [usize; G]) {
+        let mut z = [_mm256_setzero_ps(); G];
         for g in 0..G {
-            [z[2 * g], z[2 * g + 1]] = widen(first(&a2[at[g]..]));
+            z[g] = load(first(&a2[at[g]..]));
         }
-        let y = sigmoid_avx2(z);
+        let y = sigmoid32_avx2(z);
         for g in 0..G {
-            let (lo, hi) = (y[2 * g], y[2 * g + 1]);
-            narrow(first_mut(&mut a2[at[g]..]), lo, hi);
-            let one = _mm256_set1_pd(1.0);
-            narrow(
-                first_mut(&mut d[at[g]..]),
-                _mm256_mul_pd(lo, _mm256_sub_pd(one, lo)),
-                _mm256_mul_pd(hi, _mm256_sub_pd(one, hi)),
-            );
-            for (half, part) in [lo, hi].into_iter().enumerate() {
-                let s = first_mut(&mut a_sum[col[g] + half * LANES64..]);
-                store(s, _mm256_add_pd(load(s), part));
-            }
+            store(first_mut(&mut a2[at[g]..]), y[g]);
+            store(first_mut(&mut d[at[g]..]), _mm256_mul_ps(y[g], _mm256_sub_ps(_mm256_set1_ps(1.0), y[g])));
+            widen_add(first_mut(&mut a_sum[col[g]..]), y[g]);
         }
     }
 
@@ -554,49 +533,47 @@ mod x86 {
         let col = |k: usize| k % per_row * LANES;
         let mut k = 0;
         while k + GROUP <= total {
-            hidden_group::<GROUP, { 2 * GROUP }>(
-                a2,
-                d,
-                a_sum,
-                std::array::from_fn(|g| at(k + g)),
-                std::array::from_fn(|g| col(k + g)),
-            );
+            let (at, col) = (std::array::from_fn(|g| at(k + g)), std::array::from_fn(|g| col(k + g)));
+            hidden_group::<GROUP>(a2, d, a_sum, at, col);
             k += GROUP;
         }
         while k < total {
-            hidden_group::<1, 2>(a2, d, a_sum, [at(k)], [col(k)]);
+            hidden_group::<1>(a2, d, a_sum, [at(k)], [col(k)]);
             k += 1;
         }
     }
 
-    /// `f32` vectors `c..c+G` of one row of the output layer.
+    /// Vectors `c..c+G` of one row of the output layer.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn output_group<const G: usize, const G2: usize>(
+    fn output_group<const G: usize>(
         z: &mut [[f32; LANES]],
-        x: &[[f64; LANES64]],
-        rec: &mut [[f64; LANES64]],
-        delta3_sum: &mut [[f64; LANES64]],
+        x: &[[f32; LANES]],
+        rec: &mut [[f64; LANES]],
+        delta3_sum: &mut [[f64; LANES]],
         c: usize,
     ) {
-        let mut pre = [_mm256_setzero_pd(); G2];
+        let mut pre = [_mm256_setzero_ps(); G];
         for g in 0..G {
-            [pre[2 * g], pre[2 * g + 1]] = widen(&z[c + g]);
+            pre[g] = load(&z[c + g]);
         }
-        let y = sigmoid_avx2(pre);
-        let mut delta = [_mm256_setzero_pd(); G2];
-        for (h, &y) in y.iter().enumerate() {
-            let at = 2 * c + h;
-            let r = _mm256_sub_pd(y, load(&x[at]));
-            let sq = _mm256_add_pd(load(&rec[at]), _mm256_mul_pd(r, r));
-            store(&mut rec[at], sq);
-            let slope = _mm256_mul_pd(y, _mm256_sub_pd(_mm256_set1_pd(1.0), y));
-            delta[h] = _mm256_mul_pd(r, slope);
-            let sum = _mm256_add_pd(load(&delta3_sum[at]), delta[h]);
-            store(&mut delta3_sum[at], sum);
-        }
+        let y = sigmoid32_avx2(pre);
         for g in 0..G {
-            narrow(&mut z[c + g], delta[2 * g], delta[2 * g + 1]);
+            let r = _mm256_sub_ps(y[g], load(&x[c + g]));
+            let halves = [_mm256_castps256_ps128(r), _mm256_extractf128_ps::<1>(r)];
+            let (sums, _) = rec[c + g].as_chunks_mut::<LANES64>();
+            for (s, half) in sums.iter_mut().zip(halves) {
+                let wide = _mm256_cvtps_pd(half);
+                // SAFETY: four readable and writable values.
+                unsafe {
+                    let sq = _mm256_add_pd(_mm256_loadu_pd(s.as_ptr()), _mm256_mul_pd(wide, wide));
+                    _mm256_storeu_pd(s.as_mut_ptr(), sq);
+                }
+            }
+            let slope = _mm256_mul_ps(y[g], _mm256_sub_ps(_mm256_set1_ps(1.0), y[g]));
+            let delta = _mm256_mul_ps(r, slope);
+            store(&mut z[c + g], delta);
+            widen_add(&mut delta3_sum[c + g], delta);
         }
     }
 
@@ -604,36 +581,34 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA; the lengths are those [`super::output_layer`] checks.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn output_layer(
         z3: &mut [f32],
+        x: &[f32],
         stride: usize,
-        x: &[f64],
-        x_stride: usize,
         next: &[f64],
         v: usize,
         rec: &mut [f64],
         delta3_sum: &mut [f64],
     ) {
         let width = rec.len();
-        let (rec, _) = rec.as_chunks_mut::<LANES64>();
-        let (delta3_sum, _) = delta3_sum.as_chunks_mut::<LANES64>();
+        let (rec, _) = rec.as_chunks_mut::<LANES>();
+        let (delta3_sum, _) = delta3_sum.as_chunks_mut::<LANES>();
         let n = width / LANES;
         let mut ahead = next.chunks(v);
-        for (row, x_row) in z3.chunks_exact_mut(stride).zip(x.chunks_exact(x_stride)) {
+        for (row, x_row) in z3.chunks_exact_mut(stride).zip(x.chunks_exact(stride)) {
             if let Some(p) = ahead.next() {
                 crate::kernels::prefetch(p);
             }
             let (z, _) = row[..width].as_chunks_mut::<LANES>();
-            let (x, _) = x_row[..width].as_chunks::<LANES64>();
+            let (x, _) = x_row[..width].as_chunks::<LANES>();
             let mut c = 0;
             while c + GROUP <= n {
-                output_group::<GROUP, { 2 * GROUP }>(z, x, rec, delta3_sum, c);
+                output_group::<GROUP>(z, x, rec, delta3_sum, c);
                 c += GROUP;
             }
             while c < n {
-                output_group::<1, 2>(z, x, rec, delta3_sum, c);
+                output_group::<1>(z, x, rec, delta3_sum, c);
                 c += 1;
             }
         }
@@ -873,13 +848,13 @@ mod tests {
         // Three rows of 16 columns (two vectors), with pre-activations from saturated to linear.
         let (rows, width, stride) = (3, 16, 24);
         let pre: Vec<f32> = (0..rows * stride).map(|i| (i as f32 - 36.0) * 0.7).collect();
-        let x: Vec<f64> = data::<f64>(rows * 20, 5).iter().map(|v| v + 0.5).collect();
+        let x: Vec<f32> = data::<f32>(rows * stride, 5).iter().map(|v| v + 0.5).collect();
         let next = data::<f64>(10, 6);
         let run = |isa: Isa| {
             let (mut a2, mut d, mut a_sum) = (pre.clone(), vec![0.0f32; pre.len()], vec![0.25; width]);
             hidden_layer(&mut a2, &mut d, &mut a_sum, stride, isa).unwrap();
             let (mut z3, mut rec, mut d3) = (pre.clone(), vec![0.5; width], vec![-0.5; width]);
-            output_layer(&mut z3, stride, &x, 20, &next, 5, &mut rec, &mut d3, isa).unwrap();
+            output_layer(&mut z3, &x, stride, &next, 5, &mut rec, &mut d3, isa).unwrap();
             let f = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             let g = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             (f(&a2), f(&d), g(&a_sum), f(&z3), g(&rec), g(&d3))
