@@ -461,8 +461,13 @@ mod x86 {
     /// `f64` values per vector.
     const LANES64: usize = 4;
 
-    /// Sigmoids of this many vectors are computed together (see [`crate::kernels::sigmoid32_avx2`]).
-    const GROUP: usize = 4;
+    /// Sigmoids of this many vectors of a row of the output layer are computed together (see
+    /// [`crate::kernels::sigmoid32_avx2`]): a whole row of 64 outputs. Measured on Zen 3 (100 000 patches, one
+    /// worker): 8 is 6% faster than 4; 2 and 4 are alike.
+    const GROUP: usize = 8;
+
+    /// The same for the hidden layer, whose groups run across row ends (4, 8 and 16 measured alike).
+    const HIDDEN_GROUP: usize = 4;
 
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -521,7 +526,8 @@ mod x86 {
     }
 
     /// [`super::hidden_layer`] with AVX2 and FMA: the same operations as the portable code, lane by lane. The
-    /// sigmoids run [`GROUP`] vectors at a time, across row ends; each unit's sum still gets its rows in order.
+    /// sigmoids run [`HIDDEN_GROUP`] vectors at a time, across row ends; each unit's sum still gets its rows in
+    /// order.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA; the lengths are those [`super::hidden_layer`] checks.
@@ -532,10 +538,10 @@ mod x86 {
         let at = |k: usize| k / per_row * stride + k % per_row * LANES;
         let col = |k: usize| k % per_row * LANES;
         let mut k = 0;
-        while k + GROUP <= total {
+        while k + HIDDEN_GROUP <= total {
             let (at, col) = (std::array::from_fn(|g| at(k + g)), std::array::from_fn(|g| col(k + g)));
-            hidden_group::<GROUP>(a2, d, a_sum, at, col);
-            k += GROUP;
+            hidden_group::<HIDDEN_GROUP>(a2, d, a_sum, at, col);
+            k += HIDDEN_GROUP;
         }
         while k < total {
             hidden_group::<1>(a2, d, a_sum, [at(k)], [col(k)]);
