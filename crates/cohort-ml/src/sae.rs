@@ -39,22 +39,32 @@
 //!
 //! # Kernels
 //!
-//! A chunk is processed in blocks of [`BLOCK_ROWS`] patches. Each block's patches are copied once into an aligned
-//! buffer with rows padded to whole vectors (the first block's copy pulls it from memory; later blocks were
-//! prefetched, a row at a time, while the previous block's output sigmoids ran). The five products per block —
-//! `X·W1ᵀ`, `A2·W2ᵀ`, `Δ3·W2`, `[E|D]ᵀ·X`, `A2ᵀ·Δ3` — are register tiles written for these skinny shapes (crate
-//! `tiles`: AVX2/FMA intrinsics where the CPU has them, a portable loop with the same bits elsewhere), the biases
-//! are where the product chains start, and the sigmoids run several vectors at once with intrinsics too. Every
-//! value is a fixed sequence of IEEE operations over the chunk's rows in order, so a chunk's partial depends only
-//! on the chunk and `θ`, and is the same on both paths. Where the time of an evaluation goes (products, sigmoids,
-//! memory), measured: `cohort bench roofline` and the README's performance section.
+//! A chunk is processed in blocks of [`BLOCK_ROWS`] patches. Each block's patches are copied once, rounded to
+//! `f32`, into an aligned buffer with rows padded to whole vectors (the first block's copy pulls them from memory;
+//! later blocks were prefetched, a row at a time, while the previous block's output sigmoids ran). The five
+//! products per block — `X·W1ᵀ`, `A2·W2ᵀ`, `Δ3·W2`, `[E|D]ᵀ·X`, `A2ᵀ·Δ3` — run in **`f32`** (eight lanes, twice
+//! the `f64` rate) as register tiles written for these skinny shapes (crate `tiles`: AVX2/FMA intrinsics where the
+//! CPU has them, a portable loop with the same bits elsewhere), on `θ` rounded to `f32` once per chunk; the biases
+//! are where the product chains start. The sigmoids are `f32` too (a few ulp; several vectors at once, with
+//! intrinsics), and so are `d`, `δ3` and `e` (`e` as an exact `f64` product rounded once). Every sum over patches
+//! is `f64`: the per-patch sums (`Σ‖a3−x‖²`, `Σa2`, `Σe`, `Σd`, `Σδ3`) add each value widened, patch after patch;
+//! the outer products (`Σ e xᵀ`, `Σ d xᵀ`, `Σ a2 δ3ᵀ`) are chains of `f32` fused multiply-adds over one block's
+//! patches, widened and added in `f64`, block after block. The cost and gradient agree with the all-`f64`
+//! computation to about 1e-7 relative (measured 1e-9 to 7e-8 on the cost, 2e-8 to 5e-8 on the gradient: the
+//! `f32` roundings, 2⁻²⁴ ≈ 6e-8, mostly average out over the patches); below that level the cost is not smooth in
+//! `θ`, which limits finite-difference checks to steps of about 1e-3.
+//!
+//! Every value is a fixed sequence of IEEE operations over the chunk's rows in order (blocks counted from the
+//! chunk's first patch), so a chunk's partial depends only on the chunk and `θ`, and is the same on both paths.
+//! Where the time of an evaluation goes (products, sigmoids, memory), measured: `cohort bench roofline` and the
+//! README's performance section.
 
 use cohort::rng::Rng;
 use cohort::wire::WireError;
 use cohort::{MapReduce, Payload, Shard};
 
 use crate::error::{MlError, Result};
-use crate::kernels::{matmul, multiversion, sigmoid, view, view_mut, with_scratch, Accum};
+use crate::kernels::{matmul, multiversion, sigmoid, view, view_mut, with_scratch, with_scratch32, Accum};
 use crate::partial::Partial;
 use crate::tiles::{self, Isa, Operands, Start, LANES};
 
@@ -318,33 +328,53 @@ fn partial_sums(visible: usize, hidden: usize, w: SaeWeights<'_>, patches: &[f64
     partial_sums_with(visible, hidden, w, patches, Isa::detect())
 }
 
-/// Takes the next `n` values of `rest` and skips to the next multiple of 8 (a 64-byte cache line, when `rest`
-/// started on one).
-fn take<'a>(rest: &mut &'a mut [f64], n: usize) -> &'a mut [f64] {
-    let (head, tail) = std::mem::take(rest).split_at_mut(n.next_multiple_of(8));
+/// Takes the next `n` values of `rest` and skips to the next cache line (64 bytes: 8 `f64` or 16 `f32` values,
+/// when `rest` started on one).
+fn take<'a, T>(rest: &mut &'a mut [T], n: usize) -> &'a mut [T] {
+    let (head, tail) = std::mem::take(rest).split_at_mut(n.next_multiple_of(64 / size_of::<T>()));
     *rest = tail;
     &mut head[..n]
 }
 
-/// Row stride for rows of `width` values (a multiple of 4): `width`, plus one cache line when the rows would
+/// Row stride for rows of `width` values of `size` bytes: `width`, plus one cache line when the rows would
 /// otherwise start a multiple of 128 bytes apart. With such a stride the same column of successive rows falls into
 /// a few sets of the L1 cache (512 bytes apart: one set in eight), and a tile walking down a column of a block
 /// evicts its own lines.
-fn row_stride(width: usize) -> usize {
-    if width.is_multiple_of(16) {
-        width + 8
+fn row_stride(width: usize, size: usize) -> usize {
+    if (width * size).is_multiple_of(128) {
+        width + 64 / size
     } else {
         width
     }
 }
 
-/// Length of the scratch of [`partial_sums_with`]: the regions `take` cuts, each rounded up to 8 values.
-fn scratch_len(v: usize, h: usize, block: usize) -> usize {
-    let (vp, hp) = (v.next_multiple_of(LANES), h.next_multiple_of(LANES));
-    let (vs, hs) = (row_stride(vp), row_stride(hp));
-    let regions = [v * hs, h * vs, v * hs, hp, vp, block * vs, block * hs, block * hs, block * hs, block * vs];
-    let sums = [h * vs, h * vs, h * vs, hp, hp, hp, vp, vp];
-    regions.iter().chain(&sums).map(|n| n.next_multiple_of(8)).sum()
+/// The layout of the scratch of [`partial_sums_with`]: row widths padded to whole `f32` vectors, and row strides.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Visible values per row, padded to [`LANES`].
+    vp: usize,
+    /// Hidden values per row, padded to [`LANES`].
+    hp: usize,
+    /// Row stride of `f32` rows of `vp` values.
+    vs: usize,
+    /// Row stride of `f32` rows of `hp` values.
+    hs: usize,
+}
+
+impl Layout {
+    fn new(v: usize, h: usize) -> Layout {
+        let (vp, hp) = (v.next_multiple_of(LANES), h.next_multiple_of(LANES));
+        Layout { vp, hp, vs: row_stride(vp, 4), hs: row_stride(hp, 4) }
+    }
+
+    /// Lengths of the `f64` and `f32` scratch: the regions `take` cuts, each rounded up to a cache line.
+    fn scratch_len(&self, v: usize, h: usize, block: usize) -> (usize, usize) {
+        let Layout { vp, hp, vs, hs } = *self;
+        let wide = [h * vs, h * vs, h * vs, hp, hp, hp, vp, vp];
+        let narrow =
+            [v * hs, h * vs, v * hs, hp, vp, block * vs, block * hs, block * hs, block * hs, block * vs, h * vs];
+        (wide.iter().map(|n| n.next_multiple_of(8)).sum(), narrow.iter().map(|n| n.next_multiple_of(16)).sum())
+    }
 }
 
 /// [`partial_sums`] with the products run by `isa` (the tests compare both implementations).
@@ -357,105 +387,118 @@ fn partial_sums_with(v: usize, h: usize, w: SaeWeights<'_>, patches: &[f64], isa
         return Ok(out);
     }
     let block = rows.min(BLOCK_ROWS);
-    // Rows of the block matrices are padded to whole vectors, `vp` visible and `hp` hidden values, and start `vs`
-    // and `hs` values apart.
-    let (vp, hp) = (v.next_multiple_of(LANES), h.next_multiple_of(LANES));
-    let (vs, hs) = (row_stride(vp), row_stride(hp));
-    let len = scratch_len(v, h, block);
+    // Rows of the block matrices are padded to whole `f32` vectors, `vp` visible and `hp` hidden values, and start
+    // `vs` and `hs` values apart.
+    let layout = Layout::new(v, h);
+    let Layout { vp, hp, vs, hs } = layout;
+    let (len, len32) = layout.scratch_len(v, h, block);
     with_scratch(len + 7, |raw| -> Result<()> {
-        // Start on a cache line, so that no vector load of the regions below straddles two.
-        let skip = raw.as_ptr().align_offset(64).min(7);
-        let mut rest = &mut raw[skip..skip + len];
-        // The weights, laid out for the products: W1ᵀ (v × hp), W2ᵀ (h × vp), W2 (v × hp), the biases; the padding
-        // is zero, so padded columns of the products are zero plus zero.
-        let w1t = take(&mut rest, v * hs);
-        let w2t = take(&mut rest, h * vs);
-        let w2p = take(&mut rest, v * hs);
-        let b1 = take(&mut rest, hp);
-        let b2 = take(&mut rest, vp);
-        for buf in [&mut *w1t, &mut *w2t, &mut *w2p, &mut *b1, &mut *b2] {
-            buf.fill(0.0);
-        }
-        for j in 0..h {
-            for k in 0..v {
-                w1t[k * hs + j] = w.w1[j * v + k];
-                w2t[j * vs + k] = w.w2[k * h + j];
+        with_scratch32(len32 + 15, |raw32| -> Result<()> {
+            // Start on a cache line, so that no vector load of the regions below straddles two.
+            let skip = raw.as_ptr().align_offset(64).min(7);
+            let mut rest = &mut raw[skip..skip + len];
+            let skip = raw32.as_ptr().align_offset(64).min(15);
+            let mut rest32 = &mut raw32[skip..skip + len32];
+            // The weights rounded to `f32`, laid out for the products: W1ᵀ (v × hp), W2ᵀ (h × vp), W2 (v × hp), the
+            // biases; the padding is zero, so padded columns of the products are zero plus zero.
+            let w1t = take(&mut rest32, v * hs);
+            let w2t = take(&mut rest32, h * vs);
+            let w2p = take(&mut rest32, v * hs);
+            let b1 = take(&mut rest32, hp);
+            let b2 = take(&mut rest32, vp);
+            for buf in [&mut *w1t, &mut *w2t, &mut *w2p, &mut *b1, &mut *b2] {
+                buf.fill(0.0);
             }
-        }
-        for (dst, src) in w2p.chunks_exact_mut(hs).zip(w.w2.chunks_exact(h)) {
-            dst[..h].copy_from_slice(src);
-        }
-        b1[..h].copy_from_slice(w.b1);
-        b2[..v].copy_from_slice(w.b2);
-        // One block: its patches copied (aligned, padded with zeros), the hidden activations, d = a2(1−a2),
-        // W2ᵀδ3 then e, and the output pre-activations then δ3.
-        let xb = take(&mut rest, block * vs);
-        xb.fill(0.0);
-        let a2 = take(&mut rest, block * hs);
-        let d = take(&mut rest, block * hs);
-        let e = take(&mut rest, block * hs);
-        let z3 = take(&mut rest, block * vs);
-        // The chunk's sums, padded: Σ e xᵀ, Σ d xᵀ, Σ a2 δ3ᵀ (each h × vp), Σa2, Σe, Σd, the squared error per
-        // column, Σδ3.
-        let g_ex = take(&mut rest, h * vs);
-        let g_dx = take(&mut rest, h * vs);
-        let g_ad = take(&mut rest, h * vs);
-        let a_sum = take(&mut rest, hp);
-        let e_sum = take(&mut rest, hp);
-        let d_sum = take(&mut rest, hp);
-        let rec = take(&mut rest, vp);
-        let delta3_sum = take(&mut rest, vp);
-        for buf in [&mut *g_ex, &mut *g_dx, &mut *g_ad, &mut *a_sum, &mut *e_sum, &mut *d_sum, &mut *rec] {
-            buf.fill(0.0);
-        }
-        delta3_sum.fill(0.0);
-
-        for start in (0..rows).step_by(block) {
-            let nb = block.min(rows - start);
-            let x = &patches[start * v..(start + nb) * v];
-            let next = &patches[((start + nb) * v).min(patches.len())..((start + 2 * nb) * v).min(patches.len())];
-            let (xb, a2, d, e, z3) =
-                (&mut xb[..nb * vs], &mut a2[..nb * hs], &mut d[..nb * hs], &mut e[..nb * hs], &mut z3[..nb * vs]);
-            for (dst, src) in xb.chunks_exact_mut(vs).zip(x.chunks_exact(v)) {
-                dst[..v].copy_from_slice(src);
+            for j in 0..h {
+                for k in 0..v {
+                    w1t[k * hs + j] = w.w1[j * v + k] as f32;
+                    w2t[j * vs + k] = w.w2[k * h + j] as f32;
+                }
             }
-            let xb = &*xb;
-
-            // Hidden layer: a2 = σ(X·W1ᵀ + b1), d = a2(1−a2).
-            let ops = Operands { a: xb, a_row: vs, a_step: 1, b: w1t, ldb: hs, depth: v };
-            tiles::product::<3, 4>(a2, hs, nb, hp / LANES, &ops, Start::Row(b1), isa)?;
-            tiles::hidden_layer(a2, d, a_sum, hs, isa)?;
-
-            // Output layer: a3 = σ(A2·W2ᵀ + b2), then δ3 = (a3 − x) ⊙ a3(1−a3) in place.
-            let ops = Operands { a: a2, a_row: hs, a_step: 1, b: w2t, ldb: vs, depth: h };
-            tiles::product::<3, 4>(z3, vs, nb, vp / LANES, &ops, Start::Row(b2), isa)?;
-            tiles::output_layer(z3, xb, next, v, rec, delta3_sum, vs, isa)?;
-
-            // Backpropagate without the sparsity term: W2ᵀδ3, then e = (W2ᵀδ3) ⊙ d.
-            let ops = Operands { a: z3, a_row: vs, a_step: 1, b: w2p, ldb: hs, depth: v };
-            tiles::product::<3, 4>(e, hs, nb, hp / LANES, &ops, Start::Zero, isa)?;
-            tiles::hidden_delta(e, d, e_sum, d_sum, hs)?;
-
-            // Σ e xᵀ, Σ d xᵀ and Σ a2 δ3ᵀ: chains over the block's patches, continued from the previous block.
-            let (a2, d, e, z3) = (&*a2, &*d, &*e, &*z3);
-            for (g, left, right) in [(&mut *g_ex, e, xb), (&mut *g_dx, d, xb), (&mut *g_ad, a2, z3)] {
-                let ops = Operands { a: left, a_row: 1, a_step: hs, b: right, ldb: vs, depth: nb };
-                tiles::product::<5, 2>(g, vs, h, vp / LANES, &ops, Start::Dst, isa)?;
+            for (dst, src) in w2p.chunks_exact_mut(hs).zip(w.w2.chunks_exact(h)) {
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s as f32);
             }
-        }
+            b1.iter_mut().zip(w.b1).for_each(|(d, &s)| *d = s as f32);
+            b2.iter_mut().zip(w.b2).for_each(|(d, &s)| *d = s as f32);
+            // One block: its patches in `f32`, the hidden activations, d = a2(1−a2), W2ᵀδ3 then e, the output pre-activations then δ3, and one block's
+            // `Σ · xᵀ` before it is added to the chunk's sums.
+            let xb32 = take(&mut rest32, block * vs);
+            xb32.fill(0.0);
+            let a2 = take(&mut rest32, block * hs);
+            let d = take(&mut rest32, block * hs);
+            let e = take(&mut rest32, block * hs);
+            let z3 = take(&mut rest32, block * vs);
+            let outer = take(&mut rest32, h * vs);
 
-        let s = &mut out.sums;
-        s[o.rec] = rec[..v].iter().sum::<f64>();
-        s[o.a_sum..o.e_sum].copy_from_slice(&a_sum[..h]);
-        s[o.e_sum..o.d_sum].copy_from_slice(&e_sum[..h]);
-        s[o.d_sum..o.delta3_sum].copy_from_slice(&d_sum[..h]);
-        s[o.delta3_sum..o.ex].copy_from_slice(&delta3_sum[..v]);
-        for (at, g) in [(o.ex, &*g_ex), (o.dx, &*g_dx), (o.a_delta3, &*g_ad)] {
-            for (dst, src) in s[at..at + h * v].chunks_exact_mut(v).zip(g.chunks_exact(vs)) {
-                dst.copy_from_slice(&src[..v]);
+            // The chunk's sums, in `f64` and padded: Σ e xᵀ, Σ d xᵀ, Σ a2 δ3ᵀ (each h × vp), Σa2, Σe, Σd, the
+            // squared error per column, Σδ3.
+            let g_ex = take(&mut rest, h * vs);
+            let g_dx = take(&mut rest, h * vs);
+            let g_ad = take(&mut rest, h * vs);
+            let a_sum = take(&mut rest, hp);
+            let e_sum = take(&mut rest, hp);
+            let d_sum = take(&mut rest, hp);
+            let rec = take(&mut rest, vp);
+            let delta3_sum = take(&mut rest, vp);
+            for buf in [&mut *g_ex, &mut *g_dx, &mut *g_ad, &mut *a_sum, &mut *e_sum, &mut *d_sum, &mut *rec] {
+                buf.fill(0.0);
             }
-        }
-        Ok(())
+            delta3_sum.fill(0.0);
+
+            for start in (0..rows).step_by(block) {
+                let nb = block.min(rows - start);
+                let x = &patches[start * v..(start + nb) * v];
+                let next = &patches[((start + nb) * v).min(patches.len())..((start + 2 * nb) * v).min(patches.len())];
+                let (xb32, a2, d, e, z3) = (
+                    &mut xb32[..nb * vs],
+                    &mut a2[..nb * hs],
+                    &mut d[..nb * hs],
+                    &mut e[..nb * hs],
+                    &mut z3[..nb * vs],
+                );
+                for (dst, src) in xb32.chunks_exact_mut(vs).zip(x.chunks_exact(v)) {
+                    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s as f32);
+                }
+                let xb32 = &*xb32;
+
+                // Hidden layer: a2 = σ(X·W1ᵀ + b1), d = a2(1−a2).
+                let ops = Operands { a: xb32, a_row: vs, a_step: 1, b: w1t, ldb: hs, depth: v };
+                tiles::product::<3, 4, f32>(a2, hs, nb, hp / LANES, &ops, Start::Row(b1), isa)?;
+                tiles::hidden_layer(a2, d, a_sum, hs, isa)?;
+
+                // Output layer: a3 = σ(A2·W2ᵀ + b2), then δ3 = (a3 − x) ⊙ a3(1−a3) in place.
+                let ops = Operands { a: a2, a_row: hs, a_step: 1, b: w2t, ldb: vs, depth: h };
+                tiles::product::<3, 4, f32>(z3, vs, nb, vp / LANES, &ops, Start::Row(b2), isa)?;
+                tiles::output_layer(z3, xb32, vs, next, v, rec, delta3_sum, isa)?;
+
+                // Backpropagate without the sparsity term: W2ᵀδ3, then e = (W2ᵀδ3) ⊙ d.
+                let ops = Operands { a: z3, a_row: vs, a_step: 1, b: w2p, ldb: hs, depth: v };
+                tiles::product::<3, 4, f32>(e, hs, nb, hp / LANES, &ops, Start::Zero, isa)?;
+                tiles::hidden_delta(e, d, e_sum, d_sum, hs)?;
+
+                // Σ e xᵀ, Σ d xᵀ and Σ a2 δ3ᵀ: the block's chains over its patches in `f32`, widened and added to
+                // the chunk's `f64` sums.
+                let (a2, d, e, z3) = (&*a2, &*d, &*e, &*z3);
+                for (g, left, right) in [(&mut *g_ex, e, xb32), (&mut *g_dx, d, xb32), (&mut *g_ad, a2, z3)] {
+                    let ops = Operands { a: left, a_row: 1, a_step: hs, b: right, ldb: vs, depth: nb };
+                    tiles::product::<5, 2, f32>(outer, vs, h, vp / LANES, &ops, Start::Zero, isa)?;
+                    tiles::widen_add(g, outer, vp, vs)?;
+                }
+            }
+
+            let s = &mut out.sums;
+            s[o.rec] = rec[..v].iter().sum::<f64>();
+            s[o.a_sum..o.e_sum].copy_from_slice(&a_sum[..h]);
+            s[o.e_sum..o.d_sum].copy_from_slice(&e_sum[..h]);
+            s[o.d_sum..o.delta3_sum].copy_from_slice(&d_sum[..h]);
+            s[o.delta3_sum..o.ex].copy_from_slice(&delta3_sum[..v]);
+            for (at, g) in [(o.ex, &*g_ex), (o.dx, &*g_dx), (o.a_delta3, &*g_ad)] {
+                for (dst, src) in s[at..at + h * v].chunks_exact_mut(v).zip(g.chunks_exact(vs)) {
+                    dst.copy_from_slice(&src[..v]);
+                }
+            }
+            Ok(())
+        })
     })?;
     Ok(out)
 }
@@ -717,11 +760,15 @@ mod tests {
         (c, theta, patches(23, 16, 5))
     }
 
+    /// The products and sigmoids run in `f32`, so the cost carries `f32`-level noise (about 1e-8 relative here,
+    /// not smooth in `θ`) that a step of 1e-5 would amplify to 1e-4 in the differences (1e-5 at a step of 1e-3).
+    /// At a step of 3e-3 the check sees 4e-6: noise and the difference's own truncation error (1e-6); the
+    /// gradient's accuracy itself is checked against the all-`f64` reference below, to about 1e-7.
     #[test]
     fn gradient_matches_finite_differences() {
         let (c, theta, x) = small();
         let (_, grad) = c.cost_grad(&theta, &x).unwrap();
-        let eps = 1e-5;
+        let eps = 3e-3;
         let numeric: Vec<f64> = (0..theta.len())
             .map(|i| {
                 let mut t = theta.clone();
@@ -733,7 +780,7 @@ mod tests {
             })
             .collect();
         let err = rel_err(&numeric, &grad);
-        assert!(err <= 1e-7, "relative error {err:e}");
+        assert!(err <= 1e-5, "relative error {err:e}");
     }
 
     #[test]
@@ -741,8 +788,10 @@ mod tests {
         let (c, theta, x) = small();
         let (cost, grad) = c.cost_grad(&theta, &x).unwrap();
         let (cost_ref, grad_ref) = reference(&c, &theta, &x);
-        assert!(((cost - cost_ref) / cost_ref).abs() < 1e-13, "{cost} vs {cost_ref}");
-        assert!(rel_err(&grad, &grad_ref) < 1e-13, "{:e}", rel_err(&grad, &grad_ref));
+        // The products are f32 (θ, the patches and the activations rounded to f32, 2⁻²⁴ ≈ 6e-8), so the cost and
+        // gradient agree with the all-f64 reference to about that, not to f64 rounding.
+        assert!(((cost - cost_ref) / cost_ref).abs() < 1e-7, "{cost} vs {cost_ref}");
+        assert!(rel_err(&grad, &grad_ref) < 2e-7, "{:e}", rel_err(&grad, &grad_ref));
     }
 
     #[test]
@@ -758,7 +807,9 @@ mod tests {
         assert_eq!(total.count, 700);
         let (cost_mr, grad_mr) = c.finish(&theta, &total).unwrap();
         assert!(((cost - cost_mr) / cost).abs() < 1e-12);
-        assert!(rel_err(&grad, &grad_mr) < 1e-12, "{:e}", rel_err(&grad, &grad_mr));
+        // Chunks restart the f32 chains of the outer products (blocks are counted from a chunk's first patch), so
+        // the gradient moves at the f32 level.
+        assert!(rel_err(&grad, &grad_mr) < 2e-7, "{:e}", rel_err(&grad, &grad_mr));
         // And the same chunk twice gives the same bits.
         let again = SaeJob.map(&params, &data.shard(3));
         assert_eq!(again, SaeJob.map(&params, &data.shard(3)));
@@ -778,11 +829,12 @@ mod tests {
             assert_eq!(fast.count, rows as u64);
             let bits = |p: &Partial| p.sums.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&fast), bits(&portable), "{v}×{h}, {rows} rows");
-            // And both are the two-pass reference's cost and gradient.
+            // And both are the two-pass reference's cost and gradient, to f32 rounding (see above).
             let (cost, grad) = c.finish(&theta, &fast).unwrap();
             let (cost_ref, grad_ref) = reference(&c, &theta, &x);
-            assert!(((cost - cost_ref) / cost_ref).abs() < 1e-12, "{cost} vs {cost_ref}");
-            assert!(rel_err(&grad, &grad_ref) < 1e-12, "{:e}", rel_err(&grad, &grad_ref));
+            // (One patch alone: no averaging of roundings over patches, the cost is off by up to about 6e-8.)
+            assert!(((cost - cost_ref) / cost_ref).abs() < 2e-7, "{cost} vs {cost_ref}");
+            assert!(rel_err(&grad, &grad_ref) < 2e-7, "{:e}", rel_err(&grad, &grad_ref));
         }
     }
 

@@ -82,11 +82,13 @@ fn training_is_deterministic_and_chunking_only_moves_the_last_bits() {
     let a = train_sae(Some(5));
     let b = train_sae(Some(5));
     assert_eq!(a, b, "the same run twice is bit-identical");
-    // Sequential and chunked evaluations differ only in the order of floating-point sums: the runs agree closely
-    // for the first iterations (they drift apart slowly as rounding differences are amplified).
+    // Sequential and chunked evaluations differ only in the order of sums: the runs agree closely for the first
+    // iterations (they drift apart slowly as rounding differences are amplified). The autoencoder's outer products
+    // are f32 chains over blocks counted from a chunk's first patch, so chunking moves the gradient at the f32
+    // level (about 4e-8 relative) and the costs of the next iterations by up to about 1.5e-8.
     let s = train_sae(None);
     for (x, y) in a.history.iter().zip(&s.history).take(10) {
-        assert!(((x.cost - y.cost) / y.cost).abs() < 1e-9, "iteration {}: {} vs {}", x.iteration, x.cost, y.cost);
+        assert!(((x.cost - y.cost) / y.cost).abs() < 1e-7, "iteration {}: {} vs {}", x.iteration, x.cost, y.cost);
     }
 }
 
