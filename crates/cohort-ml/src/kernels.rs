@@ -15,7 +15,9 @@
 //! operations that bounds a vectorised sigmoid's speed (a division's latency already takes a third of it): on one
 //! Zen 3 core a sigmoid takes about 0.9 ns in a loop over cached values, against 1.2–1.4 ns with separate
 //! multiplications and additions and about 4.5 ns for `1/(1+f64::exp(-x))`. The relative error against `f64::exp`
-//! stays below 1e-15 (a few ulp, see the tests).
+//! stays below 1e-15 (a few ulp, see the tests). `sigmoid32` is the `f32` counterpart (a Cody–Waite reduction
+//! and a degree-5 polynomial, below 3e-7 relative), also written with AVX2 intrinsics over several vectors at once
+//! (`sigmoid32_avx2`, the same bits) for the sparse autoencoder's layers.
 //!
 //! **Determinism.** Everything here is single-threaded with a fixed order of operations. The element-wise kernels
 //! use IEEE add/mul/div and fused multiply-adds written out as `mul_add` (never a contraction left to the
@@ -287,81 +289,6 @@ pub fn sigmoid(x: f64) -> f64 {
     q / (2.0 * half_scale).mul_add(p, q)
 }
 
-/// [`sigmoid`] with AVX2 and FMA intrinsics, on `N` vectors of four values at once.
-///
-/// The same operations as [`sigmoid`] lane by lane, so the same bits (NaN aside: NaN in, NaN out, sign and payload
-/// unspecified), with two rewrites that are exact: the clamps
-/// are `min`/`max` on `x` instead of selects on `-x` (each returns its second operand for NaN, as the selects do),
-/// and the negation is folded into the fused multiply-adds, which leaves the reduced argument negated; rounding to
-/// nearest is symmetric, so `-r` is exactly the negated `r`, and `P(r)`, `P(-r)` just swap roles.
-///
-/// A sigmoid is a chain of about twenty dependent operations ending in a division. A plain loop over values leaves
-/// the scheduler with too few independent operations to hide that chain (on a Zen 3 core it runs at a third of the
-/// rate its operations allow); here the `N` chains are written interleaved, step by step.
-///
-/// Unused since the sparse autoencoder's layers moved to [`sigmoid32_avx2`]; kept (and tested) for `f64` layers.
-#[cfg(target_arch = "x86_64")]
-#[cfg_attr(not(test), allow(dead_code))]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) fn sigmoid_avx2<const N: usize>(x: [std::arch::x86_64::__m256d; N]) -> [std::arch::x86_64::__m256d; N] {
-    use std::arch::x86_64::*;
-    let mut xc = x;
-    let mut t = x;
-    let mut n = x;
-    for i in 0..N {
-        // -x clamped to [EXP_LO, EXP_HI], as x clamped to [-EXP_HI, -EXP_LO].
-        xc[i] = _mm256_max_pd(_mm256_set1_pd(-EXP_HI), _mm256_min_pd(_mm256_set1_pd(-EXP_LO), x[i]));
-    }
-    for i in 0..N {
-        t[i] = _mm256_fnmadd_pd(xc[i], _mm256_set1_pd(LOG2_E), _mm256_set1_pd(SHIFTER));
-    }
-    for i in 0..N {
-        n[i] = _mm256_sub_pd(t[i], _mm256_set1_pd(SHIFTER));
-    }
-    // r' = -r.
-    let mut r = n;
-    for i in 0..N {
-        r[i] = _mm256_fmadd_pd(n[i], _mm256_set1_pd(LN2_HI), xc[i]);
-    }
-    for i in 0..N {
-        r[i] = _mm256_fmadd_pd(n[i], _mm256_set1_pd(LN2_LO), r[i]);
-    }
-    let mut scale = n;
-    for i in 0..N {
-        // 2 · 2^(n-1), from the exponent bits as in `reduce`.
-        let bits = _mm256_slli_epi64::<52>(_mm256_castpd_si256(t[i]));
-        let half = _mm256_castsi256_pd(_mm256_add_epi64(bits, _mm256_set1_epi64x(1022 << 52)));
-        scale[i] = _mm256_add_pd(half, half);
-    }
-    let (mut r2, mut r4) = (n, n);
-    for i in 0..N {
-        r2[i] = _mm256_mul_pd(r[i], r[i]);
-    }
-    for i in 0..N {
-        r4[i] = _mm256_mul_pd(r2[i], r2[i]);
-    }
-    let (mut even, mut odd) = (n, n);
-    for i in 0..N {
-        let hi = _mm256_fmadd_pd(r2[i], _mm256_set1_pd(PADE_E6), _mm256_set1_pd(PADE_E4));
-        let lo = _mm256_fmadd_pd(r2[i], _mm256_set1_pd(PADE_E2), _mm256_set1_pd(1.0));
-        even[i] = _mm256_fmadd_pd(r4[i], hi, lo);
-    }
-    for i in 0..N {
-        let inner = _mm256_fmadd_pd(r2[i], _mm256_set1_pd(PADE_O3), _mm256_set1_pd(0.5));
-        // The odd part of P(-r).
-        odd[i] = _mm256_mul_pd(r[i], _mm256_fmadd_pd(r4[i], _mm256_set1_pd(PADE_O5), inner));
-    }
-    let mut out = n;
-    for i in 0..N {
-        // P(r) = even − odd', P(-r) = even + odd'; σ = P(-r) / (2^n · P(r) + P(-r)).
-        let p = _mm256_sub_pd(even[i], odd[i]);
-        let q = _mm256_add_pd(even[i], odd[i]);
-        out[i] = _mm256_div_pd(q, _mm256_fmadd_pd(scale[i], p, q));
-    }
-    out
-}
-
 /// `−z` is clamped to `[EXP32_LO, EXP32_HI]` in [`sigmoid32`]: `2^n` stays a normal `f32` for the rounded `n`, and
 /// beyond the range `σ` is 0 or 1 to within `f32` precision (or a value below 1e-38).
 const EXP32_LO: f32 = -87.0;
@@ -398,8 +325,9 @@ pub(crate) fn sigmoid32(z: f32) -> f32 {
 }
 
 /// [`sigmoid32`] with AVX2 and FMA intrinsics on `N` vectors of eight values at once, the same operations lane by
-/// lane (the clamps as `min`/`max`, which agree with the selects on everything but NaN). The `N` chains are written
-/// interleaved, step by step, as in [`sigmoid_avx2`].
+/// lane (the clamps as `min`/`max`, which agree with the selects on everything but NaN). A sigmoid is a chain of
+/// about twenty dependent operations ending in a division; a plain loop over values leaves the scheduler too few
+/// independent operations to hide it, so the `N` chains are written interleaved, step by step.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -584,53 +512,6 @@ mod tests {
             assert_eq!(e[i].to_bits(), exp(x).to_bits());
             assert_eq!(s[i].to_bits(), sigmoid(x).to_bits());
             assert!(rel(s[i], 1.0 / (1.0 + (-x).exp())) < 1e-15);
-        }
-    }
-
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn the_avx2_sigmoid_gives_the_same_bits() {
-        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
-            return;
-        }
-        let mut rng = cohort::rng::Rng::new(3);
-        let mut xs: Vec<f64> = (0..4000)
-            .map(|i| match i % 4 {
-                0 => 80.0 * rng.uniform() - 40.0,
-                1 => 2000.0 * rng.uniform() - 1000.0,
-                2 => (rng.uniform() - 0.5) * 1e-6,
-                _ => 6.0 * rng.uniform() - 3.0,
-            })
-            .collect();
-        let special = [0.0, -0.0, 708.0, -708.0, 709.79, -709.79, 708.000001, -709.8, 745.0, -745.0, 1e308, -1e308];
-        xs.extend(special);
-        xs.extend([f64::INFINITY, f64::NEG_INFINITY, f64::NAN, f64::MIN_POSITIVE, -f64::MIN_POSITIVE, 5e-324]);
-        xs.resize(xs.len().next_multiple_of(12), 0.25);
-        /// # Safety: AVX2 and FMA.
-        #[target_feature(enable = "avx2,fma")]
-        fn three(x: &[f64]) -> [f64; 12] {
-            use std::arch::x86_64::*;
-            // SAFETY: `x` holds 12 values.
-            let v: [__m256d; 3] = std::array::from_fn(|i| unsafe { _mm256_loadu_pd(x.as_ptr().add(4 * i)) });
-            let y = sigmoid_avx2(v);
-            let mut out = [0.0; 12];
-            for (i, y) in y.iter().enumerate() {
-                // SAFETY: `out` holds 12 values.
-                unsafe { _mm256_storeu_pd(out.as_mut_ptr().add(4 * i), *y) };
-            }
-            out
-        }
-        for x in xs.chunks_exact(12) {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            let y = unsafe { three(x) };
-            for (&x, y) in x.iter().zip(y) {
-                // NaN stays NaN; its sign and payload are not specified (they differ between CPUs anyway).
-                if x.is_nan() {
-                    assert!(y.is_nan());
-                } else {
-                    assert_eq!(y.to_bits(), sigmoid(x).to_bits(), "σ({x:e})");
-                }
-            }
         }
     }
 

@@ -19,8 +19,8 @@
 //! - [`checkpoint`]: atomic checkpoint directories (manifest with format version, fingerprint and checksum).
 //! - [`model_file`]: trained models as safetensors files.
 //! - [`datasets`]: Fashion-MNIST or a generated stand-in, cut and standardised.
-//! - [`kernels`]: single-threaded faer products on row-major slices and a vectorised `exp`/sigmoid (also as AVX2
-//!   intrinsics with the same bits).
+//! - [`kernels`]: single-threaded faer products on row-major slices, a vectorised `exp`/sigmoid, and an `f32`
+//!   sigmoid (also as AVX2 intrinsics with the same bits).
 //! - [`skinny`]: softmax regression's two products for a few classes, register tiles over `f32` or `f64` rows
 //!   (AVX2/FMA where available, a portable path with the same bits).
 //! - [`roofline`]: the machine's measured limits (GEMM peak in `f32`/`f64`, memory bandwidth) for `cohort bench
