@@ -174,38 +174,41 @@ pub(crate) fn prefetch<T>(values: &[T]) {
     let _ = values;
 }
 
+/// A value type with a scratch buffer per thread (see [`with_scratch`]): `f64` and `f32` each have their own, so a
+/// kernel can hold one of each at once.
+pub(crate) trait Scratch: Copy + Default + 'static {
+    /// Runs `f` on this thread's buffer.
+    fn with_buffer<R>(f: impl FnOnce(&std::cell::RefCell<Vec<Self>>) -> R) -> R;
+}
+
+macro_rules! scratch_buffer {
+    ($t:ty) => {
+        impl Scratch for $t {
+            fn with_buffer<R>(f: impl FnOnce(&std::cell::RefCell<Vec<Self>>) -> R) -> R {
+                thread_local! {
+                    static SCRATCH: std::cell::RefCell<Vec<$t>> = const { std::cell::RefCell::new(Vec::new()) };
+                }
+                SCRATCH.with(f)
+            }
+        }
+    };
+}
+scratch_buffer!(f64);
+scratch_buffer!(f32);
+
 /// Runs `f` on a scratch buffer of `len` values that is reused across calls on this thread. A worker maps chunk
 /// after chunk; a fresh buffer of a few hundred kB each time would be mapped and page-faulted anew by the allocator.
 /// The contents are unspecified: write before reading.
-pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+pub(crate) fn with_scratch<T: Scratch, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    T::with_buffer(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
-                buf.resize(len, 0.0);
+                buf.resize(len, T::default());
             }
             f(&mut buf[..len])
         }
         // Re-entered (a kernel inside a kernel): fall back to a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
-    })
-}
-
-/// [`with_scratch`] for `f32` values: a second buffer per thread, so both can be held at once.
-pub(crate) fn with_scratch32<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(&mut vec![T::default(); len]),
     })
 }
 

@@ -64,7 +64,7 @@ use cohort::wire::WireError;
 use cohort::{MapReduce, Payload, Shard};
 
 use crate::error::{MlError, Result};
-use crate::kernels::{matmul, multiversion, sigmoid, view, view_mut, with_scratch, with_scratch32, Accum};
+use crate::kernels::{matmul, multiversion, sigmoid, view, view_mut, with_scratch, Accum};
 use crate::partial::Partial;
 use crate::tiles::{self, Isa, Operands, Start, LANES};
 
@@ -392,8 +392,8 @@ fn partial_sums_with(v: usize, h: usize, w: SaeWeights<'_>, patches: &[f64], isa
     let layout = Layout::new(v, h);
     let Layout { vp, hp, vs, hs } = layout;
     let (len, len32) = layout.scratch_len(v, h, block);
-    with_scratch(len + 7, |raw| -> Result<()> {
-        with_scratch32(len32 + 15, |raw32| -> Result<()> {
+    with_scratch(len + 7, |raw: &mut [f64]| -> Result<()> {
+        with_scratch(len32 + 15, |raw32: &mut [f32]| -> Result<()> {
             // Start on a cache line, so that no vector load of the regions below straddles two.
             let skip = raw.as_ptr().align_offset(64).min(7);
             let mut rest = &mut raw[skip..skip + len];

@@ -225,7 +225,7 @@ fn partial_sums(k: usize, d: usize, theta: &[f64], values: &[f32], classes: &[u3
     let (grad_w, grad_b) = grads.split_at_mut(k * d);
     let block = rows.min(BLOCK_ROWS);
     let mut loss_sum = 0.0;
-    with_scratch(block * k, |z| -> Result<()> {
+    with_scratch(block * k, |z: &mut [f64]| -> Result<()> {
         for start in (0..rows).step_by(block) {
             let nb = block.min(rows - start);
             let (x, z) = (&values[start * d..(start + nb) * d], &mut z[..nb * k]);
