@@ -452,7 +452,7 @@ multiversion! {
 
 /// The tiles and layers with AVX2 and FMA intrinsics.
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Elem, Operands, Start, LANES};
@@ -469,16 +469,18 @@ mod x86 {
     /// The same for the hidden layer, whose groups run across row ends (4, 8 and 16 measured alike).
     const HIDDEN_GROUP: usize = 4;
 
+    /// Eight `f32` values as a vector (also used by the MLP's tiles).
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn load(v: &[f32; LANES]) -> __m256 {
+    pub(crate) fn load(v: &[f32; LANES]) -> __m256 {
         // SAFETY: eight readable values.
         unsafe { _mm256_loadu_ps(v.as_ptr()) }
     }
 
+    /// A vector into eight `f32` values.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn store(v: &mut [f32; LANES], x: __m256) {
+    pub(crate) fn store(v: &mut [f32; LANES], x: __m256) {
         // SAFETY: eight writable values.
         unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) }
     }

@@ -236,6 +236,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{chain, finish_dot, store, Rows, Strided, LANES};
+    use crate::tiles::x86::{load, store as store_vec};
 
     use crate::kernels::Accum;
 
@@ -474,20 +475,6 @@ mod x86 {
                 store_vec(&mut out[v], value);
             }
         }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn load(v: &[f32; LANES]) -> __m256 {
-        // SAFETY: eight readable values.
-        unsafe { _mm256_loadu_ps(v.as_ptr()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn store_vec(v: &mut [f32; LANES], x: __m256) {
-        // SAFETY: eight writable values.
-        unsafe { _mm256_storeu_ps(v.as_mut_ptr(), x) }
     }
 }
 
