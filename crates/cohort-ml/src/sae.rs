@@ -420,8 +420,8 @@ fn partial_sums_with(v: usize, h: usize, w: SaeWeights<'_>, patches: &[f64], isa
             }
             b1.iter_mut().zip(w.b1).for_each(|(d, &s)| *d = s as f32);
             b2.iter_mut().zip(w.b2).for_each(|(d, &s)| *d = s as f32);
-            // One block: its patches in `f32`, the hidden activations, d = a2(1−a2), W2ᵀδ3 then e, the output pre-activations then δ3, and one block's
-            // `Σ · xᵀ` before it is added to the chunk's sums.
+            // One block: its patches in `f32`, the hidden activations, d = a2(1−a2), W2ᵀδ3 then e, the output
+            // pre-activations then δ3, and one block's `Σ · xᵀ` before it is added to the chunk's sums.
             let xb32 = take(&mut rest32, block * vs);
             xb32.fill(0.0);
             let a2 = take(&mut rest32, block * hs);
